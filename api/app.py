@@ -1,0 +1,42 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.metrics import MetricsMiddleware
+from api.routes import jobs, keys, models, ops, usage
+from api.state import build_state
+from speechq import __version__
+from speechq.settings import Settings, get_settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    state = build_state(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.celery.close()
+
+    app = FastAPI(
+        title="speechq",
+        version=__version__,
+        description="Queued text-to-speech and transcription with an OpenAI-compatible API.",
+        lifespan=lifespan,
+    )
+    app.state.speechq = state
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware)
+    for module in (jobs, keys, models, usage, ops):
+        app.include_router(module.router)
+    logging.getLogger(__name__).info("speechq API ready (%s models)", len(state.registry.models()))
+    return app

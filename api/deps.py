@@ -1,0 +1,104 @@
+"""Dependencies: the session, the caller (with tenant scoping decided once, here)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError
+from api.state import AppState
+from storage import queries
+from storage.db import get_sessionmaker
+
+__all__ = [
+    "Principal",
+    "StateDep",
+    "SessionDep",
+    "CurrentKey",
+    "AdminKey",
+    "get_state",
+    "require_admin",
+]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling. `tenant` owns what they create; `scope` is what they may see."""
+
+    key_id: str | None
+    team: str | None
+    is_admin: bool
+    webhook_secret: str | None = None
+
+    @property
+    def tenant(self) -> str:
+        if self.key_id is None:
+            return "admin"
+        return f"team_{self.team}" if self.team else self.key_id
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant filter for queries; None lets an admin see everything."""
+        return None if self.is_admin else self.tenant
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.speechq  # type: ignore[no-any-return]
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    session = get_sessionmaker(state.database_url)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_principal(request: Request, state: StateDep, session: SessionDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "Missing API key. Send it as 'Authorization: Bearer <key>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    master = state.settings.master_key
+    if master and hmac.compare_digest(token.encode(), master.encode()):
+        return Principal(key_id=None, team=None, is_admin=True)
+    row = queries.find_api_key(session, key=token)
+    if row is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "Invalid or revoked API key.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return Principal(
+        key_id=row.id, team=row.team, is_admin=row.is_admin, webhook_secret=row.webhook_secret
+    )
+
+
+CurrentKey = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: CurrentKey) -> Principal:
+    if not principal.is_admin:
+        raise ApiError(403, "forbidden", "This route needs an admin key.")
+    return principal
+
+
+AdminKey = Annotated[Principal, Depends(require_admin)]

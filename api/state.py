@@ -1,0 +1,39 @@
+"""What the API process holds for its lifetime: settings, registry, object store, Celery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+
+from speechq.registry import Registry, load_registry
+from speechq.settings import Settings
+from storage.objects import ObjectStore, open_object_store
+from worker.celery_app import create_celery
+
+__all__ = ["AppState", "build_state"]
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    registry: Registry
+    store: ObjectStore
+    celery: Celery
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.resolved_database_url
+
+
+def build_state(settings: Settings) -> AppState:
+    return AppState(
+        settings=settings,
+        registry=load_registry(settings.config),
+        store=open_object_store(
+            settings.resolved_storage_url,
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+        ),
+        celery=create_celery(settings),
+    )

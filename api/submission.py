@@ -1,0 +1,88 @@
+"""Create a job and publish it. The row is committed first: if the publish fails the job
+stays queued, safe in the database, and the sweeper publishes it again."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.deps import Principal
+from api.errors import ApiError
+from api.metrics import JOBS_SUBMITTED
+from api.state import AppState
+from speechq.registry import SPEECH, TRANSCRIPTION
+from storage import queries
+from storage.models import Job
+from worker.celery_app import publish_job
+
+__all__ = ["check_model", "submit_job", "publish"]
+
+log = logging.getLogger(__name__)
+
+_MODE_WORDS = {SPEECH: "text-to-speech", TRANSCRIPTION: "transcription"}
+
+
+def check_model(state: AppState, model: str, mode: str) -> str:
+    """The model's canonical name; 404 if unknown, 400 if it does the other job."""
+    canonical = state.registry.resolve(model)
+    if canonical is None:
+        raise ApiError(
+            404,
+            "model_not_found",
+            f"The model '{model}' does not exist. GET /v1/models lists the models you can use.",
+            param="model",
+        )
+    actual = state.registry.mode_of(canonical)
+    if actual != mode:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"The model '{model}' is a {_MODE_WORDS.get(actual or '', actual)} model; "
+            f"this route needs a {_MODE_WORDS[mode]} model.",
+            param="model",
+        )
+    return canonical
+
+
+def submit_job(
+    state: AppState,
+    session: Session,
+    principal: Principal,
+    *,
+    job_type: str,
+    model: str,
+    request: dict[str, Any],
+    user: str | None,
+    metadata: dict[str, str] | None,
+    webhook_url: str | None,
+    job_id: str | None = None,
+) -> Job:
+    job = queries.create_job(
+        session,
+        job_id=job_id,
+        type=job_type,
+        model=model,
+        tenant=principal.tenant,
+        key_id=principal.key_id,
+        team=principal.team,
+        user=user,
+        metadata=metadata,
+        webhook_url=webhook_url,
+        request=request,
+    )
+    session.commit()
+    JOBS_SUBMITTED.labels(job_type).inc()
+    publish(state, session, job)
+    return job
+
+
+def publish(state: AppState, session: Session, job: Job) -> None:
+    try:
+        publish_job(state.celery, job_id=job.id, job_type=job.type)
+    except Exception:
+        log.warning("broker publish failed for %s; the sweeper will publish it", job.id)
+        return
+    queries.mark_enqueued(session, job_id=job.id)
+    session.commit()

@@ -1,0 +1,186 @@
+"""The model registry: which public model names exist and which deployments serve them.
+
+Read from a LiteLLM-style config file (`model_list` with `litellm_params` or `params`,
+`model_info`, `os.environ/NAME` references, `router_settings`), or the built-in default:
+the offline local engines, with OpenAI's model names as aliases.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from worker.providers.base import Deployment
+
+__all__ = [
+    "ConfigError",
+    "Registry",
+    "ModelInfo",
+    "SPEECH",
+    "TRANSCRIPTION",
+    "BUILTIN_CONFIG",
+    "load_registry",
+    "parse_config",
+]
+
+SPEECH = "audio_speech"
+TRANSCRIPTION = "audio_transcription"
+
+BUILTIN_CONFIG: dict[str, Any] = {
+    "model_list": [
+        {
+            "model_name": "local-tts",
+            "litellm_params": {"model": "local/piper"},
+            "model_info": {"mode": SPEECH},
+        },
+        {
+            "model_name": "local-stt",
+            "litellm_params": {"model": "local/whisper"},
+            "model_info": {"mode": TRANSCRIPTION},
+        },
+    ],
+    "router_settings": {
+        # LiteLLM's name for aliases; lets an unchanged OpenAI client work offline.
+        "model_group_alias": {
+            "tts-1": "local-tts",
+            "tts-1-hd": "local-tts",
+            "gpt-4o-mini-tts": "local-tts",
+            "whisper-1": "local-stt",
+            "gpt-4o-transcribe": "local-stt",
+        }
+    },
+}
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used as it is."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    mode: str
+    owned_by: str
+    alias_of: str | None = None
+
+
+@dataclass(frozen=True)
+class Registry:
+    deployments: Mapping[str, tuple[Deployment, ...]]
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    router_settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def resolve(self, name: str) -> str | None:
+        """The canonical model name for `name` (itself or what it aliases), or None."""
+        if name in self.deployments:
+            return name
+        target = self.aliases.get(name)
+        return target if target in self.deployments else None
+
+    def deployments_for(self, name: str) -> tuple[Deployment, ...]:
+        canonical = self.resolve(name)
+        return self.deployments[canonical] if canonical else ()
+
+    def mode_of(self, name: str) -> str | None:
+        found = self.deployments_for(name)
+        return _mode(found[0]) if found else None
+
+    def fallbacks_for(self, name: str) -> list[str]:
+        names: list[str] = []
+        for entry in self.router_settings.get("fallbacks") or []:
+            if isinstance(entry, Mapping) and name in entry:
+                names.extend(entry[name])
+        return names
+
+    def models(self) -> list[ModelInfo]:
+        out = [
+            ModelInfo(name, _mode(deps[0]), deps[0].provider)
+            for name, deps in self.deployments.items()
+        ]
+        for alias, target in self.aliases.items():
+            if target in self.deployments and alias not in self.deployments:
+                deps = self.deployments[target]
+                out.append(ModelInfo(alias, _mode(deps[0]), deps[0].provider, alias_of=target))
+        return out
+
+
+def _mode(deployment: Deployment) -> str:
+    mode = deployment.model_info.get("mode")
+    if mode in (SPEECH, TRANSCRIPTION):
+        return mode
+    name = deployment.model.lower()
+    if any(word in name for word in ("whisper", "transcribe", "stt", "scribe", "nova")):
+        return TRANSCRIPTION
+    return SPEECH
+
+
+def _resolve_env(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("os.environ/"):
+        var = value.removeprefix("os.environ/")
+        if var not in os.environ:
+            raise ConfigError(f"environment variable {var} is referenced by the config but unset")
+        return os.environ[var]
+    if isinstance(value, dict):
+        return {k: _resolve_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v) for v in value]
+    return value
+
+
+def parse_config(raw: Mapping[str, Any]) -> Registry:
+    entries = raw.get("model_list")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("the config needs a non-empty `model_list`")
+    deployments: dict[str, list[Deployment]] = {}
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or "model_name" not in entry:
+            raise ConfigError(f"model_list[{position}] needs a `model_name`")
+        params = entry.get("litellm_params", entry.get("params"))
+        if not isinstance(params, Mapping) or not isinstance(params.get("model"), str):
+            raise ConfigError(f"model_list[{position}] needs `litellm_params.model`")
+        params = _resolve_env(dict(params))
+        provider, sep, model = params["model"].partition("/")
+        if not sep:
+            # LiteLLM treats a bare model name as OpenAI's.
+            provider, model = "openai", params["model"]
+        name = str(entry["model_name"])
+        group = deployments.setdefault(name, [])
+        group.append(
+            Deployment(
+                model_name=name,
+                provider=provider,
+                model=model,
+                params=params,
+                model_info=_resolve_env(dict(entry.get("model_info") or {})),
+                id=f"{name}#{len(group)}",
+            )
+        )
+    router_settings = dict(raw.get("router_settings") or {})
+    aliases = {str(k): str(v) for k, v in (router_settings.get("model_group_alias") or {}).items()}
+    for alias, target in aliases.items():
+        if target not in deployments:
+            raise ConfigError(f"alias {alias!r} points to unknown model {target!r}")
+    return Registry(
+        deployments={name: tuple(deps) for name, deps in deployments.items()},
+        aliases=aliases,
+        router_settings=router_settings,
+    )
+
+
+def load_registry(path: Path | None) -> Registry:
+    if path is None:
+        return parse_config(BUILTIN_CONFIG)
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {path} must be a mapping with `model_list`")
+    return parse_config(raw)

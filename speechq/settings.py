@@ -1,0 +1,76 @@
+"""One settings object, read from `SPEECHQ_*` environment variables or a `.env` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, computed_field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SPEECHQ_", env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    broker_url: str | None = None
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    config: Path | None = None
+    master_key: str | None = None
+    webhook_allow_private: bool = False
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    result_ttl_hours: int = 168
+    # A job still `queued` this long after its last publish is published again: the
+    # SQLAlchemy transport can drop a publish, and a broker can be down at submit.
+    requeue_after_seconds: int = 60
+    # A running job whose lease passed this is taken back (its worker died).
+    job_lease_seconds: int = 600
+    # Celery hard time limit for one job; the Redis visibility timeout is set above it.
+    job_time_limit_seconds: int = 900
+    max_wait_seconds: int = 60
+    worker_concurrency: int = Field(default=2, ge=1)
+    log_level: str = "INFO"
+    whisper_model_dir: Path | None = None
+    piper_voice_path: Path | None = None
+    whisper_cpu_threads: int = Field(default=0, ge=0)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return _psycopg_driver(self.database_url)
+        return f"sqlite:///{self.data_dir.resolve()}/speechq.db"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir.resolve()}/broker.db"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{self.data_dir.resolve()}/blobs"
+
+    @property
+    def is_embedded_database(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+
+def _psycopg_driver(url: str) -> str:
+    # `postgresql://` would pick psycopg2, which we do not ship.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

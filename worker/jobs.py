@@ -1,0 +1,260 @@
+"""Run one job: claim it, call the provider through the router, encode, store, bill.
+
+Every step is safe to repeat: the claim is a compare-and-set on the job's status, the
+result is written under a key derived from the job id, and the usage row is unique per
+(job, call), so a redelivered or re-enqueued message never runs a finished job again and
+never bills twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from speechq.domain import AUDIO_CONTENT_TYPES, JobStatus
+from speechq.pricing import cost_usd
+from speechq.registry import Registry
+from speechq.settings import Settings
+from speechq.transcripts import render_transcript
+from storage import queries
+from storage.db import session_scope
+from storage.models import Job, UsageRecord, utcnow
+from storage.objects import ObjectStore, tenant_key
+from worker import audio
+from worker.providers.base import (
+    Deployment,
+    SpeechProvider,
+    SynthesisRequest,
+    SynthesisResult,
+    TranscriptionRequest,
+    TranscriptionResult,
+)
+from worker.providers.errors import InvalidInput
+from worker.router import AllDeploymentsFailed, Attempt, RoutedResult, Router
+
+__all__ = ["JobRunner"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """What the runner needs from the job row, read once at claim time."""
+
+    id: str
+    type: str
+    model: str
+    tenant: str
+    key_id: str | None
+    team: str | None
+    user: str | None
+    request: dict[str, Any]
+
+    @classmethod
+    def of(cls, job: Job) -> _Claimed:
+        return cls(
+            job.id, job.type, job.model, job.tenant, job.key_id, job.team, job.user, job.request
+        )
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, registry: Registry, store: ObjectStore) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.db_url = settings.resolved_database_url
+
+    def run(self, job_id: str) -> str | None:
+        """Run the job if it is still queued. Returns its final status, or None if it was
+        not ours to run (already running elsewhere, finished or canceled)."""
+        lease_s = self.settings.job_time_limit_seconds + 60
+        with session_scope(self.db_url) as session:
+            row = queries.claim_job(session, job_id=job_id, lease_seconds=lease_s)
+            if row is None:
+                return None
+            job = _Claimed.of(row)
+        router = Router(self.registry, on_attempt=lambda a: self._record_attempt(job.id, a))
+        try:
+            if job.type == "speech":
+                return self._run_speech(job, router)
+            return self._run_transcription(job, router)
+        except InvalidInput as exc:
+            return self._fail(job.id, "invalid_input", exc.message)
+        except AllDeploymentsFailed as exc:
+            return self._fail(job.id, "provider_error", str(exc))
+        except audio.InvalidAudio as exc:
+            return self._fail(job.id, "invalid_audio", str(exc))
+        except Exception:
+            log.exception("job %s failed with an internal error", job.id)
+            return self._fail(job.id, "internal_error", "the job failed with an internal error")
+
+    # --- speech ---------------------------------------------------------------------------
+
+    def _run_speech(self, job: _Claimed, router: Router) -> str:
+        req = job.request
+        fmt = req.get("response_format", "mp3")
+
+        def synthesize(provider: SpeechProvider, deployment: Deployment) -> SynthesisResult:
+            return provider.synthesize(
+                SynthesisRequest(
+                    model=deployment.model,
+                    text=req["input"],
+                    voice=req.get("voice") or "alloy",
+                    response_format=fmt,
+                    speed=float(req.get("speed", 1.0)),
+                    instructions=req.get("instructions"),
+                )
+            )
+
+        routed = router.call(job.model, synthesize, should_stop=lambda: self._canceled(job.id))
+        produced = routed.value
+        encoded, rate = audio.transcode(
+            produced.audio, produced.audio_format, fmt, produced.sample_rate
+        )
+        if fmt == "pcm":
+            duration = audio.pcm_duration_seconds(encoded, rate)
+        else:
+            duration = audio.probe(encoded).duration_seconds
+        key = tenant_key(job.tenant, "jobs", job.id, f"speech.{fmt}")
+        self.store.put_bytes(key, encoded)
+        result = {
+            "object_key": key,
+            "content_type": AUDIO_CONTENT_TYPES[fmt],
+            "bytes": len(encoded),
+            "duration_seconds": round(duration, 3),
+            "sample_rate": rate,
+        }
+        usage = self._usage_row(
+            job,
+            routed,
+            characters=produced.characters or len(req["input"]),
+            output_audio_seconds=duration,
+        )
+        return self._complete(job, result, usage, key)
+
+    # --- transcription --------------------------------------------------------------------
+
+    def _run_transcription(self, job: _Claimed, router: Router) -> str:
+        req = job.request
+        with tempfile.TemporaryDirectory(prefix="speechq-") as tmp:
+            path = Path(tmp) / (req.get("filename") or "audio")
+            self.store.download_to(req["input_key"], path)
+            input_seconds = audio.probe(path).duration_seconds
+
+            def transcribe(provider: SpeechProvider, deployment: Deployment) -> TranscriptionResult:
+                return provider.transcribe(
+                    TranscriptionRequest(
+                        model=deployment.model,
+                        audio_path=path,
+                        filename=path.name,
+                        language=req.get("language"),
+                        prompt=req.get("prompt"),
+                        temperature=req.get("temperature"),
+                        response_format=req.get("response_format", "json"),
+                    )
+                )
+
+            routed = router.call(job.model, transcribe, should_stop=lambda: self._canceled(job.id))
+        produced = routed.value
+        duration = produced.duration_seconds or input_seconds
+        transcript = {
+            "text": produced.text,
+            "language": produced.language,
+            "duration": round(duration, 3),
+            "segments": [
+                {"start": s.start, "end": s.end, "text": s.text} for s in produced.segments
+            ],
+        }
+        fmt = req.get("response_format", "json")
+        body, content_type = render_transcript(transcript, fmt)
+        key = tenant_key(job.tenant, "jobs", job.id, "transcript.json")
+        self.store.put_bytes(key, _json_bytes(transcript))
+        result = {
+            "object_key": key,
+            "content_type": content_type,
+            "bytes": len(body),
+            "duration_seconds": round(duration, 3),
+            "text": produced.text,
+            "language": produced.language,
+        }
+        usage = self._usage_row(job, routed, input_audio_seconds=duration)
+        return self._complete(job, result, usage, key)
+
+    # --- shared steps ---------------------------------------------------------------------
+
+    def _usage_row(
+        self,
+        job: _Claimed,
+        routed: RoutedResult[Any],
+        *,
+        characters: int = 0,
+        input_audio_seconds: float = 0.0,
+        output_audio_seconds: float = 0.0,
+    ) -> UsageRecord:
+        deployment = routed.deployment
+        return UsageRecord(
+            job_id=job.id,
+            call_key="main",
+            tenant=job.tenant,
+            key_id=job.key_id,
+            team=job.team,
+            user=job.user,
+            provider=deployment.provider,
+            deployment=deployment.id,
+            model=job.model,
+            provider_model=deployment.model,
+            characters=characters,
+            audio_seconds=round(input_audio_seconds or output_audio_seconds, 3),
+            cost_usd=cost_usd(
+                deployment,
+                characters=characters,
+                input_audio_seconds=input_audio_seconds,
+                output_audio_seconds=output_audio_seconds,
+            ),
+            latency_ms=routed.latency_ms,
+            created_at=utcnow(),
+        )
+
+    def _complete(self, job: _Claimed, result: dict[str, Any], usage: UsageRecord, key: str) -> str:
+        expires_at = utcnow() + timedelta(hours=self.settings.result_ttl_hours)
+        with session_scope(self.db_url) as session:
+            done = queries.complete_job(
+                session, job_id=job.id, result=result, usage=[usage], expires_at=expires_at
+            )
+        if not done:
+            # Canceled while the provider worked: keep nothing, bill nothing.
+            self.store.delete(key)
+            return JobStatus.canceled.value
+        return JobStatus.succeeded.value
+
+    def _fail(self, job_id: str, code: str, message: str) -> str:
+        with session_scope(self.db_url) as session:
+            failed = queries.fail_job(session, job_id=job_id, code=code, message=message)
+        return JobStatus.failed.value if failed else JobStatus.canceled.value
+
+    def _record_attempt(self, job_id: str, attempt: Attempt) -> None:
+        with session_scope(self.db_url) as session:
+            queries.record_attempt(
+                session,
+                job_id=job_id,
+                deployment=attempt.deployment.id,
+                provider=attempt.deployment.provider,
+                model=attempt.deployment.model,
+                ok=attempt.ok,
+                latency_ms=attempt.latency_ms,
+                error=attempt.error,
+            )
+
+    def _canceled(self, job_id: str) -> bool:
+        with session_scope(self.db_url) as session:
+            job = queries.get_job(session, job_id=job_id, tenant=None)
+            return job is None or job.status != JobStatus.running.value
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
