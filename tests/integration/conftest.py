@@ -1,0 +1,210 @@
+"""The whole service as real processes: `speechq migrate`, `api`, `worker` and `beat`,
+once on the embedded default (SQLite, SQLite broker, local folder) and once on the
+production shape (PostgreSQL, Redis, S3 through moto over HTTP)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.fakes import FAKE_OPENAI_KEY, SLOW_MODEL, FakeOpenAI, start_fake_openai
+from tests.services import REDIS_HOST, REDIS_PORT, require_redis, temporary_postgres_database
+
+STARTUP_TIMEOUT_S = 60
+REDIS_TEST_DB = 7
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    kind: str
+    base_url: str
+    master_key: str
+    env: dict[str, str]
+    data_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.master_key}"}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=90)
+
+    def start(self, name: str, *args: str) -> None:
+        log = self.data_dir / f"{name}.log"
+        self.logs[name] = log
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "speechq.cli", *args],
+            env=self.env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.processes.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+    def wait_for_job(
+        self, client: httpx.Client, job_id: str, timeout_s: float = 60
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = client.get(f"/v1/jobs/{job_id}", params={"wait": 10}).json()
+            if job["status"] in ("succeeded", "failed", "canceled"):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {job['status']} after {timeout_s}s")
+
+    def make_key(self, **body: Any) -> dict[str, Any]:
+        with self.client() as client:
+            response = client.post("/v1/keys", json=body)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+    def all_logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs.values() if p.exists())
+
+
+def _config(fake: FakeOpenAI) -> dict[str, Any]:
+    openai_params = {"api_base": fake.url, "api_key": "os.environ/FAKE_OPENAI_KEY"}
+    return {
+        "model_list": [
+            {"model_name": "local-tts", "litellm_params": {"model": "local/piper"}},
+            {"model_name": "local-stt", "litellm_params": {"model": "local/whisper"}},
+            {
+                "model_name": "openai-tts",
+                "litellm_params": {"model": "openai/tts-1", **openai_params},
+            },
+            {
+                "model_name": "slow-tts",
+                "litellm_params": {"model": f"openai/{SLOW_MODEL}", **openai_params},
+            },
+            {
+                "model_name": "broken-tts",
+                "params": {"model": "openai/tts-1", "api_base": fake.url, "api_key": "sk-wrong"},
+                "model_info": {"mode": "audio_speech"},
+            },
+        ],
+        "router_settings": {
+            "num_retries": 0,
+            "model_group_alias": {"tts-1": "local-tts", "whisper-1": "local-stt"},
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    fake = start_fake_openai()
+    yield fake
+    fake.close()
+
+
+def _wait_healthy(stack: Stack) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for name, proc in stack.processes.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited early:\n{stack.all_logs()[-4000:]}")
+        try:
+            if httpx.get(f"{stack.base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"stack not ready in {STARTUP_TIMEOUT_S}s:\n{stack.all_logs()[-4000:]}")
+
+
+@pytest.fixture(scope="session", params=["embedded", "production"])
+def stack(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_openai: FakeOpenAI,
+) -> Iterator[Stack]:
+    kind: str = request.param
+    data_dir = tmp_path_factory.mktemp(f"stack-{kind}")
+    config_path = data_dir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(_config(fake_openai)))
+    if kind == "production":
+        # Before `env` is built: the S3 fixture puts the AWS credentials in os.environ.
+        request.getfixturevalue("s3_server")
+    port = free_port()
+    master_key = "sq-master-" + secrets.token_urlsafe(16)
+    env = {
+        **os.environ,
+        "SPEECHQ_DATA_DIR": str(data_dir),
+        "SPEECHQ_CONFIG": str(config_path),
+        "SPEECHQ_MASTER_KEY": master_key,
+        "SPEECHQ_REQUEUE_AFTER_SECONDS": "3",
+        "SPEECHQ_LOG_LEVEL": "INFO",
+        "FAKE_OPENAI_KEY": FAKE_OPENAI_KEY,
+    }
+    cleanups: list[Callable[[], None]] = []
+    if kind == "production":
+        require_redis()
+        db_context = temporary_postgres_database()
+        database_url = db_context.__enter__()
+        cleanups.append(lambda: db_context.__exit__(None, None, None))
+        s3_endpoint = request.getfixturevalue("s3_server")
+        s3_client = request.getfixturevalue("s3_client")
+        bucket = f"speechq-{uuid.uuid4().hex[:8]}"
+        s3_client.create_bucket(Bucket=bucket)
+        import redis
+
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_TEST_DB).flushdb()
+        env.update(
+            {
+                "SPEECHQ_DATABASE_URL": database_url,
+                "SPEECHQ_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}",
+                "SPEECHQ_STORAGE_URL": f"s3://{bucket}/speechq",
+                "SPEECHQ_S3_ENDPOINT_URL": s3_endpoint,
+            }
+        )
+    else:
+        for name in ("DATABASE_URL", "BROKER_URL", "STORAGE_URL", "S3_ENDPOINT_URL"):
+            env.pop(f"SPEECHQ_{name}", None)
+    stack = Stack(kind, f"http://127.0.0.1:{port}", master_key, env, data_dir)
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "speechq.cli", "migrate"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        stack.start("api", "api", "--port", str(port))
+        stack.start("worker", "worker", "--concurrency", "2", "--hostname", f"w1-{kind}@%h")
+        stack.start("beat", "beat")
+        _wait_healthy(stack)
+        yield stack
+    finally:
+        stack.stop_all()
+        for cleanup in reversed(cleanups):
+            cleanup()
