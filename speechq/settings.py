@@ -30,10 +30,11 @@ class Settings(BaseSettings):
     # A job still `queued` this long after its last publish is published again: the
     # SQLAlchemy transport can drop a publish, and a broker can be down at submit.
     requeue_after_seconds: int = 60
-    # A running job whose lease passed this is taken back (its worker died).
-    job_lease_seconds: int = 600
     # Celery hard time limit for one job; the Redis visibility timeout is set above it.
     job_time_limit_seconds: int = 900
+    # A running job whose lease (from its start) has passed is taken back: its worker
+    # died. Longer than the time limit, so a live job is never taken back.
+    job_lease_seconds: int = 960
     max_wait_seconds: int = 60
     worker_concurrency: int = Field(default=2, ge=1)
     log_level: str = "INFO"

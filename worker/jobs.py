@@ -72,7 +72,7 @@ class JobRunner:
     def run(self, job_id: str) -> str | None:
         """Run the job if it is still queued. Returns its final status, or None if it was
         not ours to run (already running elsewhere, finished or canceled)."""
-        lease_s = self.settings.job_time_limit_seconds + 60
+        lease_s = max(self.settings.job_lease_seconds, self.settings.job_time_limit_seconds + 1)
         with session_scope(self.db_url) as session:
             row = queries.claim_job(session, job_id=job_id, lease_seconds=lease_s)
             if row is None:
