@@ -81,15 +81,16 @@ def test_up_prints_url_and_key_and_runs_a_job(tmp_path: Path) -> None:
 
 def test_keys_cli(tmp_path: Path) -> None:
     env = _env(tmp_path)
-    run = lambda *args: (
-        subprocess.run(  # noqa: E731
+
+    def run(*args: str) -> str:
+        return subprocess.run(
             [sys.executable, "-m", "speechq.cli", *args],
             env=env,
             check=True,
             capture_output=True,
             text=True,
         ).stdout
-    )
+
     run("migrate")
     created = json.loads(run("keys", "create", "--name", "cli", "--team", "acme"))
     assert created["key"].startswith("sq-") and created["webhook_secret"].startswith("whsec_")
