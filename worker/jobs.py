@@ -104,7 +104,7 @@ class JobRunner:
                 SynthesisRequest(
                     model=deployment.model,
                     text=req["input"],
-                    voice=req.get("voice") or "alloy",
+                    voice=req.get("voice"),
                     response_format=fmt,
                     speed=float(req.get("speed", 1.0)),
                     instructions=req.get("instructions"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ class Deployment:
 class SynthesisRequest:
     model: str  # provider-side model name
     text: str
-    voice: str = "alloy"
+    voice: str | None = None  # None: the deployment's default voice
     response_format: str = "mp3"  # what the client wants; the worker re-encodes if needed
     speed: float = 1.0
     instructions: str | None = None
@@ -93,11 +94,30 @@ class SpeechProvider:
     """Base class. A TTS-only provider implements `synthesize`, an STT-only one `transcribe`."""
 
     name: str = "base"
+    # Longest text one synthesis request may carry; longer input is split by the worker.
+    max_input_characters: int | None = None
+    # OpenAI voice names (alloy, ash, ballad, coral, echo, fable, nova, onyx, sage,
+    # shimmer, verse) -> this provider's voices; unknown names pass through unchanged.
+    default_voice_map: Mapping[str, str] = {}
+    default_voice: str | None = None
 
     def __init__(self, deployment: Deployment, http: httpx.Client | None = None) -> None:
         self.deployment = deployment
         self._own_http = http is None
         self.http = http or httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0))
+
+    def resolve_voice(self, voice: str | None) -> str | None:
+        """The provider's voice for `voice`: the deployment's `voice_map` first (config
+        `litellm_params.voice_map`), then the provider's default map, else as given."""
+        overrides: Mapping[str, str] = self.deployment.params.get("voice_map") or {}
+        if not voice:
+            return overrides.get("default") or self.default_voice
+        return overrides.get(voice) or self.default_voice_map.get(voice) or voice
+
+    def max_characters(self) -> int | None:
+        """The per-request text limit: `model_info.max_input_characters`, else the class's."""
+        configured = self.deployment.model_info.get("max_input_characters")
+        return int(configured) if configured else self.max_input_characters
 
     def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
         raise UnsupportedFeature(f"{self.name} does not do text-to-speech")

@@ -77,6 +77,9 @@ class OpenAIProvider(SpeechProvider):
     """Text-to-speech and speech-to-text through an OpenAI-compatible HTTP API."""
 
     name = "openai"
+    # https://platform.openai.com/docs/api-reference/audio/createSpeech (input: max 4096)
+    max_input_characters = 4096
+    default_voice = "alloy"
 
     def __init__(self, deployment: Deployment, http: httpx.Client | None = None) -> None:
         super().__init__(deployment, http)
@@ -93,7 +96,7 @@ class OpenAIProvider(SpeechProvider):
         body: dict[str, Any] = {
             "model": request.model,
             "input": request.text,
-            "voice": request.voice,
+            "voice": self.resolve_voice(request.voice),
             "response_format": audio_format,
             "speed": request.speed,
         }
