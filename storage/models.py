@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "ApiKey", "Job", "ProviderAttempt", "UsageRecord", "utcnow"]
+__all__ = ["Base", "ApiKey", "Job", "ProviderAttempt", "UsageRecord", "RouterCounter", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -121,3 +121,14 @@ class UsageRecord(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RouterCounter(Base):
+    """Router state shared by every worker process on the embedded default (Redis holds it
+    in production): cooldowns, failure counts, in-flight calls, latencies, rpm windows."""
+
+    __tablename__ = "router_counters"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

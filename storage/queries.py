@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,7 @@ from speechq.apikeys import (
 )
 from speechq.domain import JobStatus
 from speechq.ids import new_id
-from storage.models import ApiKey, Job, ProviderAttempt, UsageRecord, utcnow
+from storage.models import ApiKey, Job, ProviderAttempt, RouterCounter, UsageRecord, utcnow
 
 __all__ = [
     "create_api_key",
@@ -39,6 +39,7 @@ __all__ = [
     "cancel_job",
     "jobs_to_requeue",
     "reclaim_expired_leases",
+    "delete_expired_router_counters",
     "usage_summary",
 ]
 
@@ -332,6 +333,11 @@ def reclaim_expired_leases(session: Session) -> list[str]:
             .values(status=JobStatus.queued.value, lease_expires_at=None, enqueued_at=None)
         )
     return ids
+
+
+def delete_expired_router_counters(session: Session) -> int:
+    result = session.execute(delete(RouterCounter).where(RouterCounter.expires_at <= utcnow()))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 # --- usage ------------------------------------------------------------------------------

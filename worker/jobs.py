@@ -36,6 +36,7 @@ from worker.providers.base import (
 )
 from worker.providers.errors import InvalidInput
 from worker.router import AllDeploymentsFailed, Attempt, RoutedResult, Router
+from worker.router_state import RouterState
 
 __all__ = ["JobRunner"]
 
@@ -63,10 +64,17 @@ class _Claimed:
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, registry: Registry, store: ObjectStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        store: ObjectStore,
+        router_state: RouterState,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
+        self.router_state = router_state
         self.db_url = settings.resolved_database_url
 
     def run(self, job_id: str) -> str | None:
@@ -78,7 +86,11 @@ class JobRunner:
             if row is None:
                 return None
             job = _Claimed.of(row)
-        router = Router(self.registry, on_attempt=lambda a: self._record_attempt(job.id, a))
+        router = Router(
+            self.registry,
+            self.router_state,
+            on_attempt=lambda a: self._record_attempt(job.id, a),
+        )
         try:
             if job.type == "speech":
                 return self._run_speech(job, router)

@@ -1,14 +1,27 @@
-"""Choose deployments for a model and call them: retries on retryable errors, the next
-deployment on permanent ones, then the `fallbacks` models. Every attempt is reported."""
+"""Choose deployments for a model and call them (LiteLLM's `router_settings` semantics).
+
+- order: `routing_strategy` simple-shuffle (weighted by `weight`, else `rpm`), least-busy
+  (fewest calls in flight) or latency-based-routing (lowest recent latency); deployments in
+  cooldown or over their `rpm` go last;
+- retries: a retryable error (429 honouring Retry-After, 408, 5xx, timeouts, connection
+  errors) is retried on the same deployment `num_retries` times with exponential backoff
+  and jitter; a permanent one (400/401/403/404) moves to the next deployment at once;
+  an input the provider refuses fails the call, since no deployment will take it;
+- cooldowns: more than `allowed_fails` failures of a deployment within a minute cool it
+  down for `cooldown_time` seconds, for every worker process (shared `RouterState`);
+- fallbacks: when every deployment of the model failed, the models in `fallbacks` (or
+  `default_fallbacks`) are tried the same way.
+Every attempt is reported through `on_attempt`.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from speechq.registry import Registry
 from worker.providers import get_provider
@@ -20,13 +33,19 @@ from worker.providers.errors import (
     RateLimited,
     RetryableError,
 )
+from worker.router_state import RouterState
 
-__all__ = ["Attempt", "RoutedResult", "AllDeploymentsFailed", "Router"]
+__all__ = ["Attempt", "RoutedResult", "AllDeploymentsFailed", "RouterSettings", "Router"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BACKOFF_S = 30.0
+FAILURE_WINDOW_S = 60.0
+BUSY_TTL_S = 3600.0
+LATENCY_TTL_S = 3600.0
+LATENCY_SMOOTHING = 0.3  # weight of the newest sample in the moving average
+STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing")
 
 
 @dataclass(frozen=True)
@@ -52,34 +71,99 @@ class AllDeploymentsFailed(Exception):
         self.last = last
 
 
+@dataclass(frozen=True)
+class RouterSettings:
+    routing_strategy: str = "simple-shuffle"
+    num_retries: int = 2
+    retry_after_s: float = 0.5  # base of the backoff
+    allowed_fails: int = 3
+    cooldown_time_s: float = 5.0
+
+    @classmethod
+    def from_config(cls, raw: Mapping[str, Any]) -> RouterSettings:
+        strategy = str(raw.get("routing_strategy", cls.routing_strategy))
+        if strategy not in STRATEGIES:
+            raise ValueError(f"routing_strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+        return cls(
+            routing_strategy=strategy,
+            num_retries=int(raw.get("num_retries", cls.num_retries)),
+            retry_after_s=float(raw.get("retry_after", cls.retry_after_s)),
+            allowed_fails=int(raw.get("allowed_fails", cls.allowed_fails)),
+            cooldown_time_s=float(raw.get("cooldown_time", cls.cooldown_time_s)),
+        )
+
+
 class Router:
     def __init__(
         self,
         registry: Registry,
+        state: RouterState,
         *,
         on_attempt: Callable[[Attempt], None],
         sleep: Callable[[float], None] = time.sleep,
         provider_factory: Callable[[Deployment], SpeechProvider] = get_provider,
+        rng: random.Random | None = None,
     ) -> None:
         self.registry = registry
+        self.state = state
+        self.settings = RouterSettings.from_config(registry.router_settings)
         self.on_attempt = on_attempt
         self.sleep = sleep
         self.provider_factory = provider_factory
-        settings = registry.router_settings
-        self.num_retries = int(settings.get("num_retries", 2))
-        self.retry_after_s = float(settings.get("retry_after", 0.5))
+        self.rng = rng or random.Random()
+
+    # --- choosing ---------------------------------------------------------------------
+
+    def model_chain(self, model: str) -> list[str]:
+        """The model, then its fallbacks (or the default fallbacks), without repeats."""
+        canonical = self.registry.resolve(model) or model
+        fallbacks = self.registry.fallbacks_for(canonical)
+        if not fallbacks:
+            fallbacks = list(self.registry.router_settings.get("default_fallbacks") or [])
+        chain: list[str] = []
+        for name in [canonical, *fallbacks]:
+            resolved = self.registry.resolve(name)
+            if resolved and resolved not in chain:
+                chain.append(resolved)
+        return chain
 
     def candidates(self, model: str) -> list[Deployment]:
-        """The model's deployments in order, then each fallback model's."""
-        names = [model, *self.registry.fallbacks_for(self.registry.resolve(model) or model)]
-        seen: set[str] = set()
-        out: list[Deployment] = []
-        for name in names:
-            for deployment in self.registry.deployments_for(name):
-                if deployment.id not in seen:
-                    seen.add(deployment.id)
-                    out.append(deployment)
-        return out
+        """Every deployment that may serve `model`, in the order they will be tried."""
+        return [d for name in self.model_chain(model) for d in self.order(name)]
+
+    def order(self, model: str) -> list[Deployment]:
+        deployments = list(self.registry.deployments_for(model))
+        ordered = self._by_strategy(deployments)
+        # Stable: healthy ones first, in strategy order; then the ones to spare.
+        return sorted(ordered, key=lambda d: self._cooling(d) or self._over_rpm(d))
+
+    def _by_strategy(self, deployments: list[Deployment]) -> list[Deployment]:
+        strategy = self.settings.routing_strategy
+        if strategy == "least-busy":
+            self.rng.shuffle(deployments)  # ties are broken at random
+            return sorted(deployments, key=lambda d: self._get(f"busy:{d.id}") or 0.0)
+        if strategy == "latency-based-routing":
+            self.rng.shuffle(deployments)
+            # Unmeasured deployments (no average yet) go first so they get measured.
+            return sorted(deployments, key=lambda d: self._get(f"latency:{d.id}") or 0.0)
+        # Weighted shuffle without replacement (Efraimidis–Spirakis keys).
+        return sorted(
+            deployments,
+            key=lambda d: self.rng.random() ** (1.0 / _weight(d)),
+            reverse=True,
+        )
+
+    def _cooling(self, deployment: Deployment) -> bool:
+        return self._get(f"cooldown:{deployment.id}") is not None
+
+    def _over_rpm(self, deployment: Deployment) -> bool:
+        rpm = deployment.params.get("rpm")
+        if not rpm:
+            return False
+        used = self._get(f"rpm:{deployment.id}:{int(time.time() // 60)}") or 0.0
+        return used >= float(rpm)
+
+    # --- calling ----------------------------------------------------------------------
 
     def call(
         self,
@@ -90,40 +174,109 @@ class Router:
     ) -> RoutedResult[T]:
         last: ProviderError | None = None
         for deployment in self.candidates(model):
-            for try_number in range(self.num_retries + 1):
+            for try_number in range(self.settings.num_retries + 1):
                 if should_stop():
                     raise AllDeploymentsFailed("stopped", last=last)
-                started = time.perf_counter()
                 try:
-                    value = fn(self.provider_factory(deployment), deployment)
-                except ProviderError as exc:
-                    latency_ms = round((time.perf_counter() - started) * 1000)
-                    self.on_attempt(Attempt(deployment, False, latency_ms, _describe(exc)))
-                    last = exc
-                    if isinstance(exc, InvalidInput):
-                        raise
-                    if isinstance(exc, PermanentError) or try_number == self.num_retries:
-                        break
-                    self.sleep(self._backoff_s(try_number, exc))
-                    continue
-                except Exception as exc:
-                    # A bug or an engine crash: recorded like any attempt, then raised.
-                    latency_ms = round((time.perf_counter() - started) * 1000)
-                    self.on_attempt(Attempt(deployment, False, latency_ms, type(exc).__name__))
+                    return self._attempt(deployment, fn)
+                except InvalidInput:
                     raise
-                latency_ms = round((time.perf_counter() - started) * 1000)
-                self.on_attempt(Attempt(deployment, True, latency_ms))
-                return RoutedResult(value, deployment, latency_ms)
+                except ProviderError as exc:
+                    last = exc
+                    cooled = self._record_failure(deployment)
+                    last_try = try_number == self.settings.num_retries
+                    if isinstance(exc, PermanentError) or cooled or last_try:
+                        break
+                    assert isinstance(exc, RetryableError)
+                    self.sleep(self._backoff_s(try_number, exc))
         raise AllDeploymentsFailed(
             f"every deployment of {model!r} failed" + (f": {last.message}" if last else ""),
             last=last,
         )
 
+    def _attempt(
+        self, deployment: Deployment, fn: Callable[[SpeechProvider, Deployment], T]
+    ) -> RoutedResult[T]:
+        if deployment.params.get("rpm"):
+            self._incr(f"rpm:{deployment.id}:{int(time.time() // 60)}", 1, 120)
+        self._incr(f"busy:{deployment.id}", 1, BUSY_TTL_S)
+        started = time.perf_counter()
+        try:
+            value = fn(self.provider_factory(deployment), deployment)
+        except ProviderError as exc:
+            self.on_attempt(Attempt(deployment, False, _ms_since(started), _describe(exc)))
+            raise
+        except Exception as exc:
+            # A bug or an engine crash: recorded like any attempt, then raised.
+            self.on_attempt(Attempt(deployment, False, _ms_since(started), type(exc).__name__))
+            raise
+        finally:
+            self._incr(f"busy:{deployment.id}", -1, BUSY_TTL_S)
+        latency_ms = _ms_since(started)
+        self._record_latency(deployment, latency_ms)
+        self.on_attempt(Attempt(deployment, True, latency_ms))
+        return RoutedResult(value, deployment, latency_ms)
+
+    def _record_failure(self, deployment: Deployment) -> bool:
+        """Count the failure; True if it put the deployment in cooldown."""
+        fails = self._incr(f"fails:{deployment.id}", 1, FAILURE_WINDOW_S)
+        if fails is not None and fails > self.settings.allowed_fails:
+            self._set(f"cooldown:{deployment.id}", 1, self.settings.cooldown_time_s)
+            log.warning(
+                "deployment %s cooled down for %ss after %d failures in a minute",
+                deployment.id,
+                self.settings.cooldown_time_s,
+                int(fails),
+            )
+            return True
+        return False
+
+    def _record_latency(self, deployment: Deployment, latency_ms: int) -> None:
+        previous = self._get(f"latency:{deployment.id}")
+        average = (
+            float(latency_ms)
+            if previous is None
+            else previous + LATENCY_SMOOTHING * (latency_ms - previous)
+        )
+        self._set(f"latency:{deployment.id}", average, LATENCY_TTL_S)
+
     def _backoff_s(self, try_number: int, exc: RetryableError) -> float:
         if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
             return min(exc.retry_after_s, MAX_BACKOFF_S)
         # Exponential with full jitter, so retrying workers do not arrive together.
-        return random.uniform(0, min(MAX_BACKOFF_S, self.retry_after_s * 2**try_number))
+        ceiling = min(MAX_BACKOFF_S, self.settings.retry_after_s * 2**try_number)
+        return self.rng.uniform(0, ceiling)
+
+    # --- shared state, failing open: routing works without it ---------------------------
+
+    def _get(self, key: str) -> float | None:
+        try:
+            return self.state.get(key)
+        except Exception:
+            log.warning("router state unavailable (get %s)", key, exc_info=True)
+            return None
+
+    def _incr(self, key: str, amount: float, ttl_s: float) -> float | None:
+        try:
+            return self.state.incr(key, amount, ttl_s)
+        except Exception:
+            log.warning("router state unavailable (incr %s)", key, exc_info=True)
+            return None
+
+    def _set(self, key: str, value: float, ttl_s: float) -> None:
+        try:
+            self.state.set(key, value, ttl_s)
+        except Exception:
+            log.warning("router state unavailable (set %s)", key, exc_info=True)
+
+
+def _weight(deployment: Deployment) -> float:
+    raw = deployment.params.get("weight") or deployment.params.get("rpm") or 1
+    return max(float(raw), 1e-6)
+
+
+def _ms_since(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
 
 
 def _describe(exc: ProviderError) -> str:

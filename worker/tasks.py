@@ -17,6 +17,7 @@ from storage.db import dispose_engines, get_engine, session_scope
 from storage.objects import open_object_store
 from worker.celery_app import celery_app, publish_job
 from worker.jobs import JobRunner
+from worker.router_state import open_router_state
 
 __all__ = ["run_speech_job", "run_transcription_job", "sweep", "get_runner"]
 
@@ -40,7 +41,10 @@ def get_runner() -> JobRunner:
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
     )
-    return JobRunner(settings, load_registry(settings.config), store)
+    state = open_router_state(
+        broker_url=settings.resolved_broker_url, database_url=settings.resolved_database_url
+    )
+    return JobRunner(settings, load_registry(settings.config), store, state)
 
 
 @celery_app.task(name="speechq.run_speech_job")
@@ -61,6 +65,7 @@ def sweep() -> dict[str, int]:
     with session_scope(url) as session:
         # Reclaimed jobs are queued again and so picked up by the next query.
         reclaimed = queries.reclaim_expired_leases(session)
+        queries.delete_expired_router_counters(session)
     with session_scope(url) as session:
         stale = queries.jobs_to_requeue(session, older_than_s=settings.requeue_after_seconds)
         pending = [(job.id, job.type) for job in stale]

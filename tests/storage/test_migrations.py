@@ -15,7 +15,7 @@ from storage.migrate import downgrade, upgrade
 from storage.models import Base
 from tests.services import temporary_postgres_database
 
-TABLES = {"api_keys", "jobs", "provider_attempts", "usage_records"}
+TABLES = {"api_keys", "jobs", "provider_attempts", "usage_records", "router_counters"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
