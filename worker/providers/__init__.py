@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import threading
 
+from worker.providers.aws_polly import PollyProvider
+from worker.providers.azure import AzureOpenAIProvider
+from worker.providers.azure_ai_speech import AzureSpeechProvider
 from worker.providers.base import Deployment, SpeechProvider
+from worker.providers.deepgram import DeepgramProvider
+from worker.providers.elevenlabs import ElevenLabsProvider
+from worker.providers.gemini import GeminiProvider
 from worker.providers.local import LocalProvider
 from worker.providers.openai import OpenAIProvider
+from worker.providers.vertex_ai import VertexAIProvider
 
 __all__ = ["PROVIDERS", "get_provider", "close_providers"]
 
 PROVIDERS: dict[str, type[SpeechProvider]] = {
+    "aws_polly": PollyProvider,
+    "azure": AzureOpenAIProvider,
+    "azure_ai_speech": AzureSpeechProvider,
+    "deepgram": DeepgramProvider,
+    "elevenlabs": ElevenLabsProvider,
+    "gemini": GeminiProvider,
     "local": LocalProvider,
     "openai": OpenAIProvider,
+    "vertex_ai": VertexAIProvider,
 }
 
 _instances: dict[str, SpeechProvider] = {}
