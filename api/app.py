@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.metrics import MetricsMiddleware
-from api.routes import jobs, keys, models, ops, usage
+from api.routes import audio, jobs, keys, models, ops, usage
 from api.state import build_state
 from speechq import __version__
 from speechq.settings import Settings, get_settings
@@ -24,7 +24,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.waiter.start()
         yield
+        await state.waiter.stop()
+        state.events.close()
         state.celery.close()
 
     app = FastAPI(
@@ -36,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.speechq = state
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware)
-    for module in (jobs, keys, models, usage, ops):
+    for module in (jobs, audio, keys, models, usage, ops):
         app.include_router(module.router)
     logging.getLogger(__name__).info("speechq API ready (%s models)", len(state.registry.models()))
     return app

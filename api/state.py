@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+from speechq.job_events import JobEventPublisher, JobWaiter
 from speechq.registry import Registry, load_registry
 from speechq.settings import Settings
 from storage.objects import ObjectStore, open_object_store
@@ -20,6 +21,8 @@ class AppState:
     registry: Registry
     store: ObjectStore
     celery: Celery
+    waiter: JobWaiter
+    events: JobEventPublisher
 
     @property
     def database_url(self) -> str:
@@ -36,4 +39,6 @@ def build_state(settings: Settings) -> AppState:
             region_name=settings.s3_region,
         ),
         celery=create_celery(settings),
+        waiter=JobWaiter(settings.resolved_broker_url),
+        events=JobEventPublisher(settings.resolved_broker_url),
     )

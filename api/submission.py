@@ -11,17 +11,30 @@ from sqlalchemy.orm import Session
 from api.deps import Principal
 from api.errors import ApiError
 from api.metrics import JOBS_SUBMITTED
+from api.schemas import SpeechJobCreate
 from api.state import AppState
 from speechq.registry import SPEECH, TRANSCRIPTION
 from storage import queries
 from storage.models import Job
 from worker.celery_app import publish_job
 
-__all__ = ["check_model", "submit_job", "publish"]
+__all__ = ["check_speech_input", "check_model", "submit_speech", "submit_job", "publish"]
 
 log = logging.getLogger(__name__)
 
 _MODE_WORDS = {SPEECH: "text-to-speech", TRANSCRIPTION: "transcription"}
+
+
+def check_speech_input(text: str, max_characters: int) -> None:
+    if not text.strip():
+        raise ApiError(400, "invalid_request", "'input' is empty.", param="input")
+    if len(text) > max_characters:
+        raise ApiError(
+            400,
+            "input_too_long",
+            f"'input' has {len(text)} characters; this endpoint takes at most {max_characters}.",
+            param="input",
+        )
 
 
 def check_model(state: AppState, model: str, mode: str) -> str:
@@ -44,6 +57,36 @@ def check_model(state: AppState, model: str, mode: str) -> str:
             param="model",
         )
     return canonical
+
+
+def submit_speech(
+    state: AppState,
+    session: Session,
+    principal: Principal,
+    body: SpeechJobCreate,
+    *,
+    max_characters: int,
+) -> Job:
+    check_speech_input(body.input, max_characters)
+    check_model(state, body.model, SPEECH)
+    request = {
+        "input": body.input,
+        "voice": body.voice,
+        "response_format": body.response_format,
+        "speed": body.speed,
+        "instructions": body.instructions,
+    }
+    return submit_job(
+        state,
+        session,
+        principal,
+        job_type="speech",
+        model=body.model,
+        request=request,
+        user=body.user,
+        metadata=body.metadata,
+        webhook_url=body.webhook_url,
+    )
 
 
 def submit_job(

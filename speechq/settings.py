@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # died. Longer than the time limit, so a live job is never taken back.
     job_lease_seconds: int = 960
     max_wait_seconds: int = 60
+    # How long /v1/audio/* wait for their job before answering 504 (the job goes on).
+    sync_timeout_seconds: float = 300.0
     worker_concurrency: int = Field(default=2, ge=1)
     log_level: str = "INFO"
     whisper_model_dir: Path | None = None

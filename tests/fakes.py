@@ -16,7 +16,7 @@ from worker.audio import encode_pcm
 
 FAKE_OPENAI_KEY = "sk-fake-openai-test-key"
 SLOW_MODEL = "tts-1-hd"  # the fake answers this model after SLOW_SECONDS
-SLOW_SECONDS = 4.0
+SLOW_SECONDS = 6.0
 
 
 def tone_pcm(seconds: float = 1.0, rate: int = 24000) -> bytes:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from speechq.domain import AUDIO_CONTENT_TYPES, JobStatus
+from speechq.job_events import JobEventPublisher
 from speechq.pricing import cost_usd
 from speechq.registry import Registry
 from speechq.settings import Settings
@@ -75,6 +76,7 @@ class JobRunner:
         self.registry = registry
         self.store = store
         self.router_state = router_state
+        self.events = JobEventPublisher(settings.resolved_broker_url)
         self.db_url = settings.resolved_database_url
 
     def run(self, job_id: str) -> str | None:
@@ -242,11 +244,13 @@ class JobRunner:
             # Canceled while the provider worked: keep nothing, bill nothing.
             self.store.delete(key)
             return JobStatus.canceled.value
+        self.events.job_ended(job.id)
         return JobStatus.succeeded.value
 
     def _fail(self, job_id: str, code: str, message: str) -> str:
         with session_scope(self.db_url) as session:
             failed = queries.fail_job(session, job_id=job_id, code=code, message=message)
+        self.events.job_ended(job_id)
         return JobStatus.failed.value if failed else JobStatus.canceled.value
 
     def _record_attempt(self, job_id: str, attempt: Attempt) -> None:

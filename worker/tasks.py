@@ -17,6 +17,7 @@ from storage.db import dispose_engines, get_engine, session_scope
 from storage.objects import open_object_store
 from worker.celery_app import celery_app, publish_job
 from worker.jobs import JobRunner
+from worker.providers import get_provider
 from worker.router_state import open_router_state
 
 __all__ = ["run_speech_job", "run_transcription_job", "sweep", "get_runner"]
@@ -31,6 +32,14 @@ BROKER_ROWS_KEEP_S = 3600
 def _after_fork(**_: Any) -> None:
     # Connections opened in the parent must not be shared with forked children.
     dispose_engines()
+    # Load local engines now, once per process, rather than in the first job.
+    runner = get_runner()
+    for deployments in runner.registry.deployments.values():
+        for deployment in deployments:
+            try:
+                get_provider(deployment).warm_up()
+            except Exception:
+                log.warning("could not warm up %s", deployment.id, exc_info=True)
 
 
 @lru_cache

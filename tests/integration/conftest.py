@@ -116,7 +116,11 @@ def _config(fake: FakeOpenAI) -> dict[str, Any]:
         ],
         "router_settings": {
             "num_retries": 0,
-            "model_group_alias": {"tts-1": "local-tts", "whisper-1": "local-stt"},
+            "model_group_alias": {
+                "tts-1": "local-tts",
+                "gpt-4o-mini-tts": "local-tts",
+                "whisper-1": "local-stt",
+            },
         },
     }
 
@@ -164,6 +168,8 @@ def stack(
         "SPEECHQ_CONFIG": str(config_path),
         "SPEECHQ_MASTER_KEY": master_key,
         "SPEECHQ_REQUEUE_AFTER_SECONDS": "3",
+        # Shorter than the slow fake provider, so the 504 path is reachable.
+        "SPEECHQ_SYNC_TIMEOUT_SECONDS": "4.5",
         "SPEECHQ_LOG_LEVEL": "INFO",
         "FAKE_OPENAI_KEY": FAKE_OPENAI_KEY,
     }

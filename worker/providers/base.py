@@ -119,6 +119,9 @@ class SpeechProvider:
         configured = self.deployment.model_info.get("max_input_characters")
         return int(configured) if configured else self.max_input_characters
 
+    def warm_up(self) -> None:
+        """Load what the first call would otherwise wait for (a worker calls this at start)."""
+
     def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
         raise UnsupportedFeature(f"{self.name} does not do text-to-speech")
 

@@ -80,6 +80,12 @@ class LocalProvider(SpeechProvider):
 
     name = "local"
 
+    def warm_up(self) -> None:
+        if self.deployment.model == "piper":
+            _load_engine(load_piper_voice, self._voice_path())
+        elif self.deployment.model == "whisper":
+            _load_engine(load_whisper_model, self._model_path())
+
     def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
         self._require_model("piper")
         if not request.text.strip():

@@ -1,0 +1,139 @@
+"""Reading jobs for a caller: tenant-scoped loads, waiting for the end, content responses.
+Shared by `/v1/jobs` and the OpenAI-compatible `/v1/audio` routes."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from api.deps import Principal
+from api.errors import ApiError
+from api.schemas import JobPublic, job_public
+from api.state import AppState
+from speechq.domain import TERMINAL_STATUSES, JobStatus
+from speechq.transcripts import render_transcript
+from storage import queries
+from storage.db import get_sessionmaker
+from storage.models import Job
+
+__all__ = [
+    "public",
+    "load",
+    "read_job",
+    "read_job_row",
+    "wait_for_end",
+    "content_response",
+    "transcript_response",
+]
+
+
+def public(session: Session, job: Job) -> JobPublic:
+    attempts = queries.attempts_for_jobs(session, job_ids=[job.id])[job.id]
+    return job_public(job, attempts)
+
+
+def load(session: Session, principal: Principal, job_id: str) -> Job:
+    job = queries.get_job(session, job_id=job_id, tenant=principal.scope)
+    if job is None:
+        raise ApiError(404, "not_found", f"No job with id '{job_id}'.", param="id")
+    return job
+
+
+async def wait_for_end(
+    state: AppState, principal: Principal, job_id: str, timeout_s: float
+) -> bool:
+    """Hold until the job has ended or `timeout_s` passed; True if it ended."""
+
+    async def has_ended() -> bool:
+        status = await run_in_threadpool(_read_status, state, principal, job_id)
+        return status in TERMINAL_STATUSES
+
+    return await state.waiter.wait(job_id, timeout_s, has_ended)
+
+
+def _read_status(state: AppState, principal: Principal, job_id: str) -> str:
+    with get_sessionmaker(state.database_url)() as session:
+        return load(session, principal, job_id).status
+
+
+def read_job(state: AppState, principal: Principal, job_id: str) -> JobPublic:
+    with get_sessionmaker(state.database_url)() as session:
+        return public(session, load(session, principal, job_id))
+
+
+def read_job_row(state: AppState, principal: Principal, job_id: str) -> Job:
+    with get_sessionmaker(state.database_url)() as session:
+        return load(session, principal, job_id)
+
+
+def content_response(state: AppState, job: Job, range_header: str | None = None) -> Response:
+    """The job's audio (Range supported) or its transcript in the job's format."""
+    if job.status != JobStatus.succeeded.value or not job.result:
+        raise ApiError(
+            409,
+            "job_not_finished",
+            f"The job is {job.status}; its content exists once it has succeeded.",
+            param="id",
+        )
+    if job.result.get("expired"):
+        raise ApiError(
+            410, "expired", "The job's result passed its retention time and was deleted."
+        )
+    key = job.result["object_key"]
+    if job.type == "transcription":
+        return transcript_response(state, job)
+    return _audio_response(state, key, job.result["content_type"], range_header)
+
+
+def transcript_response(state: AppState, job: Job) -> Response:
+    assert job.result is not None
+    transcript = json.loads(state.store.get_bytes(job.result["object_key"]))
+    body, content_type = render_transcript(transcript, job.request.get("response_format", "json"))
+    return Response(body, media_type=content_type)
+
+
+def _audio_response(
+    state: AppState, key: str, content_type: str, range_header: str | None
+) -> Response:
+    total = state.store.size(key)
+    headers = {"Accept-Ranges": "bytes"}
+    if range_header:
+        start, end = _parse_range(range_header, total)
+        headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+        headers["Content-Length"] = str(end - start + 1)
+        return StreamingResponse(
+            state.store.open_stream(key, start, end), 206, headers, media_type=content_type
+        )
+    headers["Content-Length"] = str(total)
+    return StreamingResponse(state.store.open_stream(key), 200, headers, media_type=content_type)
+
+
+def _parse_range(header: str, total: int) -> tuple[int, int]:
+    """One `bytes=` range (RFC 9110); several ranges are not supported."""
+    unsatisfiable = ApiError(
+        416,
+        "range_not_satisfiable",
+        f"The Range '{header}' does not fit the content of {total} bytes.",
+        headers={"Content-Range": f"bytes */{total}"},
+    )
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        raise unsatisfiable
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first == "":
+            length = int(last)
+            if length <= 0:
+                raise unsatisfiable
+            return max(0, total - length), total - 1
+        start = int(first)
+        end = int(last) if last else total - 1
+    except ValueError:
+        raise unsatisfiable from None
+    if start >= total or end < start:
+        raise unsatisfiable
+    return start, min(end, total - 1)

@@ -1,0 +1,163 @@
+"""The transcription upload form, shared by `/v1/jobs/transcriptions` and the
+OpenAI-compatible `/v1/audio/transcriptions`: parse, check, store the audio, create the job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from api.deps import Principal
+from api.errors import ApiError
+from api.state import AppState
+from api.submission import check_model, submit_job
+from api.uploads import store_upload
+from speechq.domain import TRANSCRIPT_FORMATS
+from speechq.ids import new_id
+from speechq.registry import TRANSCRIPTION
+from storage.db import get_sessionmaker
+from storage.models import Job
+from storage.objects import tenant_key
+
+__all__ = ["TRANSCRIPTION_FORM_OPENAPI", "accept_transcription", "parse_transcription_fields"]
+
+TRANSCRIPTION_FORM_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "model"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "model": {"type": "string"},
+                        "language": {"type": "string"},
+                        "prompt": {"type": "string"},
+                        "response_format": {"type": "string", "enum": list(TRANSCRIPT_FORMATS)},
+                        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                        "user": {"type": "string"},
+                        "webhook_url": {"type": "string"},
+                        "metadata": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+async def accept_transcription(request: Request, state: AppState, principal: Principal) -> Job:
+    """Parse the multipart form, store the audio, create and publish the job."""
+    form = await request.form(max_files=1, max_fields=32)
+    try:
+        fields = parse_transcription_fields(form)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(
+                400, "invalid_request", "Send the audio as the 'file' field.", param="file"
+            )
+        model = fields["model"]
+        canonical = check_model(state, model, TRANSCRIPTION)
+        job_id = new_id("job")
+        key = tenant_key(principal.tenant, "uploads", job_id, "input")
+        stored = await store_upload(state, canonical, upload, key)
+        job_request = {
+            "input_key": key,
+            "filename": f"input.{stored.extension}",
+            "bytes": stored.bytes,
+            "language": fields.get("language"),
+            "prompt": fields.get("prompt"),
+            "response_format": fields.get("response_format") or "json",
+            "temperature": fields.get("temperature"),
+        }
+
+        def submit() -> Job:
+            with get_sessionmaker(state.database_url)() as session:
+                return submit_job(
+                    state,
+                    session,
+                    principal,
+                    job_type="transcription",
+                    model=model,
+                    request=job_request,
+                    user=fields.get("user"),
+                    metadata=fields.get("metadata"),
+                    webhook_url=fields.get("webhook_url"),
+                    job_id=job_id,
+                )
+
+        return await run_in_threadpool(submit)
+    finally:
+        await form.close()
+
+
+def parse_transcription_fields(form: Any) -> dict[str, Any]:
+    def text(name: str, max_length: int = 4096) -> str | None:
+        value = form.get(name)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ApiError(400, "invalid_request", f"'{name}' must be a text field.", param=name)
+        if len(value) > max_length:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"'{name}' is longer than {max_length} characters.",
+                param=name,
+            )
+        return value
+
+    model = text("model", 200)
+    if not model:
+        raise ApiError(400, "invalid_request", "'model' is required.", param="model")
+    fields: dict[str, Any] = {
+        "model": model,
+        "language": text("language", 32),
+        "prompt": text("prompt"),
+        "user": text("user", 256),
+        "webhook_url": text("webhook_url", 2048),
+    }
+    fmt = text("response_format", 32)
+    if fmt is not None and fmt not in TRANSCRIPT_FORMATS:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"'response_format' must be one of {', '.join(TRANSCRIPT_FORMATS)}.",
+            param="response_format",
+        )
+    fields["response_format"] = fmt
+    temperature = text("temperature", 32)
+    if temperature is not None:
+        try:
+            value = float(temperature)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise ApiError(
+                400,
+                "invalid_request",
+                "'temperature' must be a number from 0 to 1.",
+                param="temperature",
+            )
+        fields["temperature"] = value
+    metadata = text("metadata", 16384)
+    if metadata is not None:
+        try:
+            parsed = json.loads(metadata)
+        except json.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+        ):
+            raise ApiError(
+                400,
+                "invalid_request",
+                "'metadata' must be a JSON object of string keys and string values.",
+                param="metadata",
+            )
+        fields["metadata"] = parsed
+    return fields
