@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # How long /v1/audio/* wait for their job before answering 504 (the job goes on).
     sync_timeout_seconds: float = 300.0
     worker_concurrency: int = Field(default=2, ge=1)
+    # Pieces of one long speech job synthesized at once (threads in the job's worker).
+    speech_piece_concurrency: int = Field(default=4, ge=1)
     log_level: str = "INFO"
     whisper_model_dir: Path | None = None
     piper_voice_path: Path | None = None

@@ -27,6 +27,8 @@ __all__ = [
     "transcode",
     "probe",
     "pcm_duration_seconds",
+    "resample_pcm",
+    "output_rate",
     "sniff_audio_format",
 ]
 
@@ -77,7 +79,7 @@ def encode_pcm(pcm: bytes, sample_rate: int, fmt: str) -> bytes:
         # PyAV writes the container header with the first packet, so there would be no file.
         raise ValueError("cannot encode empty pcm")
     encoding = _get_encoding(fmt)
-    out_rate = _output_rate(fmt, sample_rate)
+    out_rate = output_rate(fmt, sample_rate)
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=encoding.container) as container:
         stream = container.add_stream(encoding.codec, rate=out_rate, layout="mono")
@@ -114,6 +116,15 @@ def decode_to_pcm(data_or_path: bytes | Path, sample_rate: int | None = None) ->
     return b"".join(chunks), rate
 
 
+def resample_pcm(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
+    """s16le mono PCM from one sample rate to another."""
+    if from_rate == to_rate or not pcm:
+        return pcm
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=to_rate)
+    frames = resampler.resample(_pcm_to_frame(pcm, from_rate)) + resampler.resample(None)
+    return b"".join(_frame_bytes(f) for f in frames)
+
+
 def transcode(
     data: bytes, src_format: str, dst_format: str, src_sample_rate: int | None = None
 ) -> tuple[bytes, int]:
@@ -131,7 +142,7 @@ def transcode(
         return data, src_sample_rate or probe(data).sample_rate
     else:
         pcm, rate = decode_to_pcm(data)
-    return encode_pcm(pcm, rate, dst_format), _output_rate(dst_format, rate)
+    return encode_pcm(pcm, rate, dst_format), output_rate(dst_format, rate)
 
 
 def probe(data_or_path: bytes | Path | BinaryIO) -> AudioInfo:
@@ -186,7 +197,7 @@ def _get_encoding(fmt: str) -> _Encoding:
         raise ValueError(f"unsupported audio format {fmt!r}") from None
 
 
-def _output_rate(fmt: str, sample_rate: int) -> int:
+def output_rate(fmt: str, sample_rate: int) -> int:
     """The rate `fmt` is encoded at: the input rate if the codec takes it, else the next one up."""
     if fmt == "pcm":
         return sample_rate

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,8 @@ from storage.db import session_scope
 from storage.models import Job, UsageRecord, utcnow
 from storage.objects import ObjectStore, tenant_key
 from worker import audio
+from worker.audio_join import join_speech, to_pcm
+from worker.providers import get_provider
 from worker.providers.base import (
     Deployment,
     SpeechProvider,
@@ -38,6 +41,7 @@ from worker.providers.base import (
 from worker.providers.errors import InvalidInput
 from worker.router import AllDeploymentsFailed, Attempt, RoutedResult, Router
 from worker.router_state import RouterState
+from worker.text_split import split_text
 
 __all__ = ["JobRunner"]
 
@@ -113,27 +117,43 @@ class JobRunner:
         req = job.request
         fmt = req.get("response_format", "mp3")
 
-        def synthesize(provider: SpeechProvider, deployment: Deployment) -> SynthesisResult:
-            return provider.synthesize(
-                SynthesisRequest(
-                    model=deployment.model,
-                    text=req["input"],
-                    voice=req.get("voice"),
-                    response_format=fmt,
-                    speed=float(req.get("speed", 1.0)),
-                    instructions=req.get("instructions"),
+        def synthesize(text: str) -> RoutedResult[SynthesisResult]:
+            def call(provider: SpeechProvider, deployment: Deployment) -> SynthesisResult:
+                return provider.synthesize(
+                    SynthesisRequest(
+                        model=deployment.model,
+                        text=text,
+                        voice=req.get("voice"),
+                        response_format=fmt,
+                        speed=float(req.get("speed", 1.0)),
+                        instructions=req.get("instructions"),
+                    )
                 )
-            )
 
-        routed = router.call(job.model, synthesize, should_stop=lambda: self._canceled(job.id))
-        produced = routed.value
-        encoded, rate = audio.transcode(
-            produced.audio, produced.audio_format, fmt, produced.sample_rate
-        )
-        if fmt == "pcm":
-            duration = audio.pcm_duration_seconds(encoded, rate)
+            return router.call(job.model, call, should_stop=lambda: self._canceled(job.id))
+
+        limit = self._piece_limit(router, job.model)
+        pieces = split_text(req["input"], limit) if limit else [req["input"]]
+        if len(pieces) == 1:
+            routed = [synthesize(pieces[0])]
+            produced = routed[0].value
+            encoded, rate = audio.transcode(
+                produced.audio, produced.audio_format, fmt, produced.sample_rate
+            )
+            piece_seconds = [self._duration(encoded, fmt, rate)]
         else:
-            duration = audio.probe(encoded).duration_seconds
+            # Longer than one request takes: pieces in parallel, joined into one take.
+            workers = min(self.settings.speech_piece_concurrency, len(pieces))
+            with ThreadPoolExecutor(workers, thread_name_prefix=f"{job.id}-piece") as pool:
+                routed = list(pool.map(synthesize, pieces))
+            pcm_pieces = [
+                to_pcm(r.value.audio, r.value.audio_format, r.value.sample_rate) for r in routed
+            ]
+            piece_seconds = [audio.pcm_duration_seconds(pcm, rate) for pcm, rate in pcm_pieces]
+            pcm, pcm_rate = join_speech(pcm_pieces)
+            encoded = audio.encode_pcm(pcm, pcm_rate, fmt)
+            rate = audio.output_rate(fmt, pcm_rate)
+        duration = self._duration(encoded, fmt, rate)
         key = tenant_key(job.tenant, "jobs", job.id, f"speech.{fmt}")
         self.store.put_bytes(key, encoded)
         result = {
@@ -142,14 +162,36 @@ class JobRunner:
             "bytes": len(encoded),
             "duration_seconds": round(duration, 3),
             "sample_rate": rate,
+            "pieces": len(pieces),
         }
-        usage = self._usage_row(
-            job,
-            routed,
-            characters=produced.characters or len(req["input"]),
-            output_audio_seconds=duration,
-        )
+        usage = [
+            self._usage_row(
+                job,
+                piece_routed,
+                call_key=f"piece-{index}" if len(pieces) > 1 else "main",
+                characters=piece_routed.value.characters or len(text),
+                output_audio_seconds=seconds,
+            )
+            for index, (piece_routed, text, seconds) in enumerate(
+                zip(routed, pieces, piece_seconds, strict=True)
+            )
+        ]
         return self._complete(job, result, usage, key)
+
+    def _piece_limit(self, router: Router, model: str) -> int | None:
+        """The smallest per-request limit among the deployments that may serve the job."""
+        limits = [
+            limit
+            for deployment in router.candidates(model)
+            if (limit := get_provider(deployment).max_characters())
+        ]
+        return min(limits) if limits else None
+
+    @staticmethod
+    def _duration(encoded: bytes, fmt: str, rate: int) -> float:
+        if fmt == "pcm":
+            return audio.pcm_duration_seconds(encoded, rate)
+        return audio.probe(encoded).duration_seconds
 
     # --- transcription --------------------------------------------------------------------
 
@@ -196,8 +238,8 @@ class JobRunner:
             "text": produced.text,
             "language": produced.language,
         }
-        usage = self._usage_row(job, routed, input_audio_seconds=duration)
-        return self._complete(job, result, usage, key)
+        usage = self._usage_row(job, routed, call_key="main", input_audio_seconds=duration)
+        return self._complete(job, result, [usage], key)
 
     # --- shared steps ---------------------------------------------------------------------
 
@@ -206,6 +248,7 @@ class JobRunner:
         job: _Claimed,
         routed: RoutedResult[Any],
         *,
+        call_key: str,
         characters: int = 0,
         input_audio_seconds: float = 0.0,
         output_audio_seconds: float = 0.0,
@@ -213,7 +256,7 @@ class JobRunner:
         deployment = routed.deployment
         return UsageRecord(
             job_id=job.id,
-            call_key="main",
+            call_key=call_key,
             tenant=job.tenant,
             key_id=job.key_id,
             team=job.team,
@@ -234,11 +277,13 @@ class JobRunner:
             created_at=utcnow(),
         )
 
-    def _complete(self, job: _Claimed, result: dict[str, Any], usage: UsageRecord, key: str) -> str:
+    def _complete(
+        self, job: _Claimed, result: dict[str, Any], usage: list[UsageRecord], key: str
+    ) -> str:
         expires_at = utcnow() + timedelta(hours=self.settings.result_ttl_hours)
         with session_scope(self.db_url) as session:
             done = queries.complete_job(
-                session, job_id=job.id, result=result, usage=[usage], expires_at=expires_at
+                session, job_id=job.id, result=result, usage=usage, expires_at=expires_at
             )
         if not done:
             # Canceled while the provider worked: keep nothing, bill nothing.

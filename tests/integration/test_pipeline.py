@@ -274,3 +274,31 @@ def _broker_url(stack: Stack) -> str:
     return Settings(
         broker_url=stack.env.get("SPEECHQ_BROKER_URL"), data_dir=stack.data_dir
     ).resolved_broker_url
+
+
+def test_long_input_is_split_synthesized_in_pieces_and_joined(
+    stack: Stack, fake_openai: FakeOpenAI
+) -> None:
+    sentence = "This sentence is part of a long chapter that no single request can hold. "
+    text = sentence * 120  # about 8,900 characters: three pieces at OpenAI's 4,096
+    seen_before = len(fake_openai.requests)
+    with stack.client() as client:
+        job = client.post(
+            "/v1/jobs/speech",
+            json={"model": "openai-tts", "input": text, "response_format": "wav"},
+        ).json()
+        done = stack.wait_for_job(client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert [a["status"] for a in done["attempts"]] == ["ok"] * 3
+    sent = [json.loads(r.body)["input"] for r in fake_openai.requests[seen_before:]]
+    assert len(sent) == 3
+    assert max(len(s) for s in sent) <= 4096
+    assert sum(len(s) for s in sent) == len(text)
+    assert all(s.startswith("This sentence") and s.endswith("can hold. ") for s in sent)
+    # The fake answers one second of tone per piece; the joins add two short pauses.
+    assert 3.2 < done["result"]["duration_seconds"] < 4.0
+    assert done["usage"]["characters"] == len(text)
+    assert done["usage"]["cost_usd"] == pytest.approx(len(text) * 0.000015)
+    with _db_session(stack) as session:
+        rows = session.scalars(select(UsageRecord).where(UsageRecord.job_id == job["id"])).all()
+    assert sorted(r.call_key for r in rows) == ["piece-0", "piece-1", "piece-2"]

@@ -79,6 +79,9 @@ class LocalProvider(SpeechProvider):
     """
 
     name = "local"
+    # Piper has no hard limit; pieces of a few sentences let a long job use several threads
+    # and keep the first audio coming quickly.
+    max_input_characters = 1500
 
     def warm_up(self) -> None:
         if self.deployment.model == "piper":
