@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from worker.providers import PROVIDERS
 from worker.providers.base import Deployment
 
 __all__ = [
@@ -148,6 +149,12 @@ def parse_config(raw: Mapping[str, Any]) -> Registry:
         if not sep:
             # LiteLLM treats a bare model name as OpenAI's.
             provider, model = "openai", params["model"]
+        if provider not in PROVIDERS:
+            known = ", ".join(sorted(PROVIDERS))
+            raise ConfigError(
+                f"model_list[{position}]: unknown provider {provider!r} in "
+                f"{params['model']!r} (known: {known})"
+            )
         name = str(entry["model_name"])
         group = deployments.setdefault(name, [])
         group.append(

@@ -113,9 +113,18 @@ def _config(fake: FakeOpenAI) -> dict[str, Any]:
                 "params": {"model": "openai/tts-1", "api_base": fake.url, "api_key": "sk-wrong"},
                 "model_info": {"mode": "audio_speech"},
             },
+            {
+                "model_name": "fallback-tts",
+                "litellm_params": {
+                    "model": "openai/tts-1",
+                    "api_base": fake.url,
+                    "api_key": "sk-also-wrong",
+                },
+            },
         ],
         "router_settings": {
             "num_retries": 0,
+            "fallbacks": [{"fallback-tts": ["openai-tts"]}],
             "model_group_alias": {
                 "tts-1": "local-tts",
                 "gpt-4o-mini-tts": "local-tts",

@@ -302,3 +302,20 @@ def test_long_input_is_split_synthesized_in_pieces_and_joined(
     with _db_session(stack) as session:
         rows = session.scalars(select(UsageRecord).where(UsageRecord.job_id == job["id"])).all()
     assert sorted(r.call_key for r in rows) == ["piece-0", "piece-1", "piece-2"]
+
+
+def test_fallback_model_answers_when_every_deployment_fails(stack: Stack) -> None:
+    with stack.client() as client:
+        job = client.post(
+            "/v1/jobs/speech", json={"model": "fallback-tts", "input": "Caught by the net."}
+        ).json()
+        done = stack.wait_for_job(client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert [(a["deployment"], a["status"]) for a in done["attempts"]] == [
+        ("fallback-tts#0", "error"),
+        ("openai-tts#0", "ok"),
+    ]
+    # Only the call that worked is billed, at the price of the deployment that made it.
+    assert done["usage"]["cost_usd"] == pytest.approx(len("Caught by the net.") * 0.000015)
+    with _db_session(stack) as session:
+        assert session.scalar(select(func.count()).where(UsageRecord.job_id == job["id"])) == 1

@@ -70,11 +70,15 @@ router_settings:
         ({"model_list": [{"litellm_params": {"model": "openai/tts-1"}}]}, "model_name"),
         ({"model_list": [{"model_name": "x"}]}, "litellm_params.model"),
         (
+            {"model_list": [{"model_name": "x", "litellm_params": {"model": "acme/tts"}}]},
+            "unknown provider 'acme'",
+        ),
+        (
             {
                 "model_list": [
                     {
                         "model_name": "x",
-                        "litellm_params": {"model": "a/b", "api_key": "os.environ/NOPE_X"},
+                        "litellm_params": {"model": "openai/b", "api_key": "os.environ/NOPE_X"},
                     }
                 ]
             },
@@ -82,7 +86,7 @@ router_settings:
         ),
         (
             {
-                "model_list": [{"model_name": "x", "litellm_params": {"model": "a/b"}}],
+                "model_list": [{"model_name": "x", "litellm_params": {"model": "openai/b"}}],
                 "router_settings": {"model_group_alias": {"y": "missing"}},
             },
             "missing",
