@@ -14,7 +14,8 @@ from api.deps import Principal
 from api.errors import ApiError
 from api.state import AppState
 from api.submission import check_model, submit_job
-from api.uploads import store_upload
+from api.upload_form import parse_limited_form
+from api.uploads import max_upload_bytes, store_upload
 from speechq.domain import TRANSCRIPT_FORMATS
 from speechq.ids import new_id
 from speechq.registry import TRANSCRIPTION
@@ -52,7 +53,7 @@ TRANSCRIPTION_FORM_OPENAPI: dict[str, Any] = {
 
 async def accept_transcription(request: Request, state: AppState, principal: Principal) -> Job:
     """Parse the multipart form, store the audio, create and publish the job."""
-    form = await request.form(max_files=1, max_fields=32)
+    form = await parse_limited_form(request, lambda model: max_upload_bytes(state, model))
     try:
         fields = parse_transcription_fields(form)
         upload = form.get("file")

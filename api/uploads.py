@@ -1,5 +1,5 @@
-"""Store an uploaded audio file: size limit, recognised by content, then streamed to the
-object store in chunks."""
+"""Check an uploaded audio file and store it: per-model size limit, recognised by content
+(magic bytes, then a PyAV probe), optional duration limit, streamed to the object store."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from starlette.datastructures import UploadFile
 
 from api.errors import ApiError
 from api.state import AppState
+from api.upload_form import file_too_large_error
+from speechq.registry import TRANSCRIPTION
 from worker import audio
 
-__all__ = ["StoredUpload", "DEFAULT_MAX_FILE_SIZE_MB", "max_file_size_mb", "store_upload"]
+__all__ = ["StoredUpload", "DEFAULT_MAX_FILE_SIZE_MB", "max_upload_bytes", "store_upload"]
 
 DEFAULT_MAX_FILE_SIZE_MB = 25.0
-_CHUNK = 1024 * 1024
 _EXTENSIONS = {
     "mp3": "mp3",
     "mp4": "m4a",
@@ -31,9 +32,22 @@ _EXTENSIONS = {
 class StoredUpload:
     bytes: int
     extension: str
+    duration_seconds: float
 
 
-def max_file_size_mb(state: AppState, model: str) -> float:
+def max_upload_bytes(state: AppState, model: str | None) -> int:
+    """The model's `model_info.max_file_size_mb` (the smallest among its deployments), or
+    with no model yet the largest any transcription model allows."""
+    if model is not None and state.registry.resolve(model) is not None:
+        names = [model]
+    else:
+        names = [m.id for m in state.registry.models() if m.mode == TRANSCRIPTION]
+    limits = [_model_limit_mb(state, name) for name in names] or [DEFAULT_MAX_FILE_SIZE_MB]
+    chosen = min(limits) if model is not None and len(names) == 1 else max(limits)
+    return int(chosen * 1_000_000)
+
+
+def _model_limit_mb(state: AppState, model: str) -> float:
     limits = [
         float(d.model_info["max_file_size_mb"])
         for d in state.registry.deployments_for(model)
@@ -42,34 +56,27 @@ def max_file_size_mb(state: AppState, model: str) -> float:
     return min(limits) if limits else DEFAULT_MAX_FILE_SIZE_MB
 
 
-def _too_large(passed_bytes: int, limit_mb: float) -> ApiError:
-    # LiteLLM's wording, which its users' clients may match on.
-    return ApiError(
-        413,
-        "file_too_large",
-        "File size is too large. Please check your file size. "
-        f"Passed file size: {passed_bytes / 1_000_000:.2f} MB. Max file size: {limit_mb:g} MB",
-        param="file",
-    )
+def _max_duration_seconds(state: AppState, model: str) -> float | None:
+    limits = [
+        float(d.model_info["max_duration_seconds"])
+        for d in state.registry.deployments_for(model)
+        if d.model_info.get("max_duration_seconds") is not None
+    ]
+    return min(limits) if limits else None
 
 
 async def store_upload(state: AppState, model: str, upload: UploadFile, key: str) -> StoredUpload:
-    limit_mb = max_file_size_mb(state, model)
-    limit_bytes = int(limit_mb * 1_000_000)
-    size = upload.size if upload.size is not None else None
-    if size is not None and size > limit_bytes:
-        raise _too_large(size, limit_mb)
-    return await run_in_threadpool(_check_and_copy, state, upload.file, key, limit_bytes, limit_mb)
+    limit = max_upload_bytes(state, model)
+    if upload.size is not None and upload.size > limit:
+        raise file_too_large_error(upload.size, limit)
+    return await run_in_threadpool(_check_and_store, state, model, upload.file, key)
 
 
-def _check_and_copy(
-    state: AppState, file: BinaryIO, key: str, limit_bytes: int, limit_mb: float
-) -> StoredUpload:
-    head = file.read(64)
-    kind = audio.sniff_audio_format(head)
+def _check_and_store(state: AppState, model: str, file: BinaryIO, key: str) -> StoredUpload:
+    kind = audio.sniff_audio_format(file.read(64))
     file.seek(0)
     try:
-        audio.probe(file)
+        info = audio.probe(file)
     except audio.InvalidAudio:
         raise ApiError(
             400, "invalid_audio", "The uploaded file is not decodable audio.", param="file"
@@ -78,14 +85,21 @@ def _check_and_copy(
         raise ApiError(
             415,
             "unsupported_format",
-            "Unsupported audio format. Accepted: flac, mp3, mp4/m4a, mpeg/mpga, ogg, wav, webm.",
+            f"Unsupported audio format ({info.codec_name}). "
+            "Accepted: flac, mp3, mp4/m4a, mpeg/mpga, ogg, wav, webm.",
+            param="file",
+        )
+    longest = _max_duration_seconds(state, model)
+    if longest is not None and info.duration_seconds > longest:
+        raise ApiError(
+            400,
+            "audio_too_long",
+            f"The audio lasts {info.duration_seconds:.1f} s; the model '{model}' takes at most "
+            f"{longest:g} s.",
             param="file",
         )
     file.seek(0)
-    with state.store.open_writer(key) as writer:
-        while chunk := file.read(_CHUNK):
-            if writer.bytes_written + len(chunk) > limit_bytes:
-                writer.abort()
-                raise _too_large(writer.bytes_written + len(chunk), limit_mb)
-            writer.write(chunk)
-    return StoredUpload(bytes=writer.bytes_written, extension=_EXTENSIONS[kind])
+    size = state.store.put_file(key, file)
+    return StoredUpload(
+        bytes=size, extension=_EXTENSIONS[kind], duration_seconds=info.duration_seconds
+    )

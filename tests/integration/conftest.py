@@ -20,7 +20,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
+from speechq.settings import Settings
 from tests.fakes import FAKE_OPENAI_KEY, SLOW_MODEL, FakeOpenAI, start_fake_openai
 from tests.services import REDIS_HOST, REDIS_PORT, require_redis, temporary_postgres_database
 
@@ -89,6 +93,28 @@ class Stack:
             response = client.post("/v1/keys", json=body)
             assert response.status_code == 200, response.text
             return response.json()
+
+    def db_session(self) -> Session:
+        """A session on this stack's database, for checks the API does not expose."""
+        url = Settings(
+            database_url=self.env.get("SPEECHQ_DATABASE_URL"), data_dir=self.data_dir
+        ).resolved_database_url
+        return Session(create_engine(url, poolclass=NullPool))
+
+    def stored_keys(self, prefix: str) -> list[str]:
+        """Keys in this stack's object store under `prefix` (local folder or S3)."""
+        url = self.env.get("SPEECHQ_STORAGE_URL")
+        if url is None:
+            root = self.data_dir / "blobs"
+            return sorted(
+                str(p.relative_to(root)) for p in (root / prefix).rglob("*") if p.is_file()
+            )
+        import boto3
+
+        bucket, _, base = url.removeprefix("s3://").partition("/")
+        s3 = boto3.client("s3", endpoint_url=self.env["SPEECHQ_S3_ENDPOINT_URL"])
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{base}/{prefix}")
+        return sorted(item["Key"] for item in listed.get("Contents", []))
 
     def all_logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.logs.values() if p.exists())

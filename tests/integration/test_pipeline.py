@@ -8,8 +8,7 @@ import time
 
 import jiwer
 import pytest
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
 
 from speechq.settings import Settings
 from storage import queries
@@ -24,13 +23,6 @@ SENTENCE = "The quick brown fox jumped over the lazy dog."
 
 def _normalise(text: str) -> str:
     return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
-
-
-def _db_session(stack: Stack) -> Session:
-    url = Settings(
-        database_url=stack.env.get("SPEECHQ_DATABASE_URL"), data_dir=stack.data_dir
-    ).resolved_database_url
-    return Session(create_engine(url))
 
 
 def test_speech_then_transcription_round_trip(stack: Stack) -> None:
@@ -188,7 +180,7 @@ def test_cancel_running_job_is_not_billed(stack: Stack) -> None:
     assert after["usage"] is None and after["result"] is None
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "job_finished"
-    with _db_session(stack) as session:
+    with stack.db_session() as session:
         rows = session.scalar(select(func.count()).where(UsageRecord.job_id == job["id"]))
     assert rows == 0
 
@@ -198,7 +190,7 @@ assert SLOW_MODEL  # the slow fake deployment backs `slow-tts`
 
 
 def test_cancel_queued_job(stack: Stack) -> None:
-    with _db_session(stack) as session:
+    with stack.db_session() as session:
         # A job row with no message: it stays queued until the sweeper republishes it.
         job = queries.create_job(
             session,
@@ -224,7 +216,7 @@ def test_cancel_queued_job(stack: Stack) -> None:
 
 def test_sweeper_publishes_a_lost_job(stack: Stack) -> None:
     """The database row is the truth: a job whose publish was lost still runs."""
-    with _db_session(stack) as session:
+    with stack.db_session() as session:
         job = queries.create_job(
             session,
             type="speech",
@@ -242,7 +234,7 @@ def test_sweeper_publishes_a_lost_job(stack: Stack) -> None:
     with stack.client() as client:
         done = stack.wait_for_job(client, job_id, timeout_s=60)
     assert done["status"] == "succeeded", done
-    with _db_session(stack) as session:
+    with stack.db_session() as session:
         row = session.get(Job, job_id)
         assert row is not None and row.runs == 1
 
@@ -264,7 +256,7 @@ def test_redelivered_message_does_not_rerun_finished_job(stack: Stack) -> None:
         again = client.get(f"/v1/jobs/{job['id']}").json()
     assert again["finished_at"] == done["finished_at"]
     assert len(again["attempts"]) == 1
-    with _db_session(stack) as session:
+    with stack.db_session() as session:
         row = session.get(Job, job["id"])
         assert row is not None and row.runs == 1
         assert session.scalar(select(func.count()).where(UsageRecord.job_id == job["id"])) == 1
@@ -299,7 +291,7 @@ def test_long_input_is_split_synthesized_in_pieces_and_joined(
     assert 3.2 < done["result"]["duration_seconds"] < 4.0
     assert done["usage"]["characters"] == len(text)
     assert done["usage"]["cost_usd"] == pytest.approx(len(text) * 0.000015)
-    with _db_session(stack) as session:
+    with stack.db_session() as session:
         rows = session.scalars(select(UsageRecord).where(UsageRecord.job_id == job["id"])).all()
     assert sorted(r.call_key for r in rows) == ["piece-0", "piece-1", "piece-2"]
 
@@ -317,5 +309,5 @@ def test_fallback_model_answers_when_every_deployment_fails(stack: Stack) -> Non
     ]
     # Only the call that worked is billed, at the price of the deployment that made it.
     assert done["usage"]["cost_usd"] == pytest.approx(len("Caught by the net.") * 0.000015)
-    with _db_session(stack) as session:
+    with stack.db_session() as session:
         assert session.scalar(select(func.count()).where(UsageRecord.job_id == job["id"])) == 1
