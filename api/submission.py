@@ -117,15 +117,14 @@ def submit_job(
     )
     session.commit()
     JOBS_SUBMITTED.labels(job_type).inc()
-    publish(state, session, job)
+    publish(state, job)
     return job
 
 
-def publish(state: AppState, session: Session, job: Job) -> None:
+def publish(state: AppState, job: Job) -> None:
+    """Publish "run job X". The row was stamped `enqueued_at` when it was created, so a
+    publish that fails here is retried by the sweeper after SPEECHQ_REQUEUE_AFTER_SECONDS."""
     try:
         publish_job(state.celery, job_id=job.id, job_type=job.type)
     except Exception:
         log.warning("broker publish failed for %s; the sweeper will publish it", job.id)
-        return
-    queries.mark_enqueued(session, job_id=job.id)
-    session.commit()

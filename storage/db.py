@@ -36,7 +36,9 @@ def _create_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # Sized for the API's thread pool (40); no pre-ping round trip on every checkout: a
+    # dropped connection fails one query and the pool replaces it.
+    return create_engine(url, pool_size=20, max_overflow=30, pool_recycle=1800)
 
 
 def get_engine(url: str) -> Engine:

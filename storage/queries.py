@@ -112,6 +112,7 @@ def create_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> Job:
+    now = utcnow()
     job = Job(
         id=job_id or new_id("job"),
         type=type,
@@ -127,7 +128,9 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         runs=0,
-        created_at=utcnow(),
+        created_at=now,
+        # Stamped now: the publish follows the commit, and the sweeper counts from here.
+        enqueued_at=now,
     )
     session.add(job)
     session.flush()
@@ -174,7 +177,7 @@ def mark_enqueued(session: Session, *, job_id: str) -> None:
 def claim_job(session: Session, *, job_id: str, lease_seconds: int) -> Job | None:
     """Compare-and-set queued -> running. None if another run has it or it has ended."""
     now = utcnow()
-    result = session.execute(
+    return session.scalars(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued.value)
         .values(
@@ -183,11 +186,9 @@ def claim_job(session: Session, *, job_id: str, lease_seconds: int) -> Job | Non
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             runs=Job.runs + 1,
         )
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    session.flush()
-    return session.get(Job, job_id, populate_existing=True)
+        .returning(Job),
+        execution_options={"populate_existing": True},
+    ).one_or_none()
 
 
 def record_attempt(

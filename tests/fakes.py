@@ -48,6 +48,8 @@ def start_fake_openai() -> FakeOpenAI:
     fake = FakeOpenAI(url="")
 
     class Handler(BaseHTTPRequestHandler):
+        # Without it each answer waits ~40 ms on Nagle's algorithm and delayed ACKs.
+        disable_nagle_algorithm = True
         def log_message(self, *args: Any) -> None:  # keep test output quiet
             pass
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from speechq.domain import AUDIO_CONTENT_TYPES, JobStatus
 from speechq.job_events import JobEventPublisher
@@ -92,28 +95,27 @@ class JobRunner:
             if row is None:
                 return None
             job = _Claimed.of(row)
-        router = Router(
-            self.registry,
-            self.router_state,
-            on_attempt=lambda a: self._record_attempt(job.id, a),
-        )
+        attempts = _AttemptLog(self.db_url, job.id)
+        router = Router(self.registry, self.router_state, on_attempt=attempts.add)
         try:
             if job.type == "speech":
-                return self._run_speech(job, router)
-            return self._run_transcription(job, router)
+                return self._run_speech(job, router, attempts)
+            return self._run_transcription(job, router, attempts)
         except InvalidInput as exc:
-            return self._fail(job.id, "invalid_input", exc.message)
+            return self._fail(job.id, attempts, "invalid_input", exc.message)
         except AllDeploymentsFailed as exc:
-            return self._fail(job.id, "provider_error", str(exc))
+            return self._fail(job.id, attempts, "provider_error", str(exc))
         except audio.InvalidAudio as exc:
-            return self._fail(job.id, "invalid_audio", str(exc))
+            return self._fail(job.id, attempts, "invalid_audio", str(exc))
         except Exception:
             log.exception("job %s failed with an internal error", job.id)
-            return self._fail(job.id, "internal_error", "the job failed with an internal error")
+            return self._fail(
+                job.id, attempts, "internal_error", "the job failed with an internal error"
+            )
 
     # --- speech ---------------------------------------------------------------------------
 
-    def _run_speech(self, job: _Claimed, router: Router) -> str:
+    def _run_speech(self, job: _Claimed, router: Router, attempts: _AttemptLog) -> str:
         req = job.request
         fmt = req.get("response_format", "mp3")
 
@@ -137,10 +139,15 @@ class JobRunner:
         if len(pieces) == 1:
             routed = [synthesize(pieces[0])]
             produced = routed[0].value
-            encoded, rate = audio.transcode(
-                produced.audio, produced.audio_format, fmt, produced.sample_rate
-            )
-            piece_seconds = [self._duration(encoded, fmt, rate)]
+            out_rate: int | None = None
+            if produced.audio_format == fmt and fmt != "pcm":
+                encoded = produced.audio  # already what the client asked for
+            else:
+                encoded, out_rate = audio.transcode(
+                    produced.audio, produced.audio_format, fmt, produced.sample_rate
+                )
+            duration, rate = self._measure(encoded, fmt, out_rate)
+            piece_seconds = [duration]
         else:
             # Longer than one request takes: pieces in parallel, joined into one take.
             workers = min(self.settings.speech_piece_concurrency, len(pieces))
@@ -152,8 +159,7 @@ class JobRunner:
             piece_seconds = [audio.pcm_duration_seconds(pcm, rate) for pcm, rate in pcm_pieces]
             pcm, pcm_rate = join_speech(pcm_pieces)
             encoded = audio.encode_pcm(pcm, pcm_rate, fmt)
-            rate = audio.output_rate(fmt, pcm_rate)
-        duration = self._duration(encoded, fmt, rate)
+            duration, rate = self._measure(encoded, fmt, pcm_rate)
         key = tenant_key(job.tenant, "jobs", job.id, f"speech.{fmt}")
         self.store.put_bytes(key, encoded)
         result = {
@@ -176,7 +182,7 @@ class JobRunner:
                 zip(routed, pieces, piece_seconds, strict=True)
             )
         ]
-        return self._complete(job, result, usage, key)
+        return self._complete(job, attempts, result, usage, key)
 
     def _piece_limit(self, router: Router, model: str) -> int | None:
         """The smallest per-request limit among the deployments that may serve the job."""
@@ -188,14 +194,18 @@ class JobRunner:
         return min(limits) if limits else None
 
     @staticmethod
-    def _duration(encoded: bytes, fmt: str, rate: int) -> float:
+    def _measure(encoded: bytes, fmt: str, pcm_rate: int | None) -> tuple[float, int]:
+        """Duration and sample rate of the stored audio, with one probe at most."""
         if fmt == "pcm":
-            return audio.pcm_duration_seconds(encoded, rate)
-        return audio.probe(encoded).duration_seconds
+            if pcm_rate is None:
+                raise ValueError("pcm output needs its sample rate")
+            return audio.pcm_duration_seconds(encoded, pcm_rate), pcm_rate
+        info = audio.probe(encoded)
+        return info.duration_seconds, info.sample_rate
 
     # --- transcription --------------------------------------------------------------------
 
-    def _run_transcription(self, job: _Claimed, router: Router) -> str:
+    def _run_transcription(self, job: _Claimed, router: Router, attempts: _AttemptLog) -> str:
         req = job.request
         with tempfile.TemporaryDirectory(prefix="speechq-") as tmp:
             path = Path(tmp) / (req.get("filename") or "audio")
@@ -239,7 +249,7 @@ class JobRunner:
             "language": produced.language,
         }
         usage = self._usage_row(job, routed, call_key="main", input_audio_seconds=duration)
-        return self._complete(job, result, [usage], key)
+        return self._complete(job, attempts, result, [usage], key)
 
     # --- shared steps ---------------------------------------------------------------------
 
@@ -278,10 +288,16 @@ class JobRunner:
         )
 
     def _complete(
-        self, job: _Claimed, result: dict[str, Any], usage: list[UsageRecord], key: str
+        self,
+        job: _Claimed,
+        attempts: _AttemptLog,
+        result: dict[str, Any],
+        usage: list[UsageRecord],
+        key: str,
     ) -> str:
         expires_at = utcnow() + timedelta(hours=self.settings.result_ttl_hours)
         with session_scope(self.db_url) as session:
+            attempts.flush(session)
             done = queries.complete_job(
                 session, job_id=job.id, result=result, usage=usage, expires_at=expires_at
             )
@@ -292,29 +308,54 @@ class JobRunner:
         self.events.job_ended(job.id)
         return JobStatus.succeeded.value
 
-    def _fail(self, job_id: str, code: str, message: str) -> str:
+    def _fail(self, job_id: str, attempts: _AttemptLog, code: str, message: str) -> str:
         with session_scope(self.db_url) as session:
+            attempts.flush(session)
             failed = queries.fail_job(session, job_id=job_id, code=code, message=message)
         self.events.job_ended(job_id)
         return JobStatus.failed.value if failed else JobStatus.canceled.value
-
-    def _record_attempt(self, job_id: str, attempt: Attempt) -> None:
-        with session_scope(self.db_url) as session:
-            queries.record_attempt(
-                session,
-                job_id=job_id,
-                deployment=attempt.deployment.id,
-                provider=attempt.deployment.provider,
-                model=attempt.deployment.model,
-                ok=attempt.ok,
-                latency_ms=attempt.latency_ms,
-                error=attempt.error,
-            )
 
     def _canceled(self, job_id: str) -> bool:
         with session_scope(self.db_url) as session:
             job = queries.get_job(session, job_id=job_id, tenant=None)
             return job is None or job.status != JobStatus.running.value
+
+
+class _AttemptLog:
+    """A failed attempt is written at once (visible while the job retries); a successful
+    one waits for the transaction that ends the job, saving a commit per job."""
+
+    def __init__(self, db_url: str, job_id: str) -> None:
+        self.db_url = db_url
+        self.job_id = job_id
+        self._pending: list[Attempt] = []
+        self._lock = threading.Lock()  # long jobs record from several piece threads
+
+    def add(self, attempt: Attempt) -> None:
+        if attempt.ok:
+            with self._lock:
+                self._pending.append(attempt)
+            return
+        with session_scope(self.db_url) as session:
+            self._write(session, attempt)
+
+    def flush(self, session: Session) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for attempt in pending:
+            self._write(session, attempt)
+
+    def _write(self, session: Session, attempt: Attempt) -> None:
+        queries.record_attempt(
+            session,
+            job_id=self.job_id,
+            deployment=attempt.deployment.id,
+            provider=attempt.deployment.provider,
+            model=attempt.deployment.model,
+            ok=attempt.ok,
+            latency_ms=attempt.latency_ms,
+            error=attempt.error,
+        )
 
 
 def _json_bytes(value: Any) -> bytes:

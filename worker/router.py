@@ -46,6 +46,7 @@ BUSY_TTL_S = 3600.0
 LATENCY_TTL_S = 3600.0
 LATENCY_SMOOTHING = 0.3  # weight of the newest sample in the moving average
 STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing")
+_STRATEGY_METRIC = {"least-busy": "busy", "latency-based-routing": "latency"}
 
 
 @dataclass(frozen=True)
@@ -133,35 +134,40 @@ class Router:
 
     def order(self, model: str) -> list[Deployment]:
         deployments = list(self.registry.deployments_for(model))
-        ordered = self._by_strategy(deployments)
+        count = len(deployments)
+        metric = _STRATEGY_METRIC.get(self.settings.routing_strategy)
+        minute = int(time.time() // 60)
+        # Everything the order depends on, in one round trip to the shared state.
+        keys = [f"cooldown:{d.id}" for d in deployments]
+        keys += [f"rpm:{d.id}:{minute}" for d in deployments]
+        if metric:
+            keys += [f"{metric}:{d.id}" for d in deployments]
+        values = self._get_many(keys)
+        cooling, rpm_used = values[:count], values[count : 2 * count]
+        measured = dict(zip((d.id for d in deployments), values[2 * count :], strict=False))
+        spare = {
+            d.id
+            for d, cool, used in zip(deployments, cooling, rpm_used, strict=True)
+            if cool is not None or (d.params.get("rpm") and (used or 0) >= float(d.params["rpm"]))
+        }
+        ordered = self._by_strategy(deployments, measured)
         # Stable: healthy ones first, in strategy order; then the ones to spare.
-        return sorted(ordered, key=lambda d: self._cooling(d) or self._over_rpm(d))
+        return sorted(ordered, key=lambda d: d.id in spare)
 
-    def _by_strategy(self, deployments: list[Deployment]) -> list[Deployment]:
-        strategy = self.settings.routing_strategy
-        if strategy == "least-busy":
-            self.rng.shuffle(deployments)  # ties are broken at random
-            return sorted(deployments, key=lambda d: self._get(f"busy:{d.id}") or 0.0)
-        if strategy == "latency-based-routing":
+    def _by_strategy(
+        self, deployments: list[Deployment], measured: dict[str, float | None]
+    ) -> list[Deployment]:
+        if self.settings.routing_strategy in _STRATEGY_METRIC:
+            # Least busy, or lowest latency; ties at random. A deployment with no latency
+            # average yet counts as 0, so it is tried (and measured) first.
             self.rng.shuffle(deployments)
-            # Unmeasured deployments (no average yet) go first so they get measured.
-            return sorted(deployments, key=lambda d: self._get(f"latency:{d.id}") or 0.0)
+            return sorted(deployments, key=lambda d: measured.get(d.id) or 0.0)
         # Weighted shuffle without replacement (Efraimidis–Spirakis keys).
         return sorted(
             deployments,
             key=lambda d: self.rng.random() ** (1.0 / _weight(d)),
             reverse=True,
         )
-
-    def _cooling(self, deployment: Deployment) -> bool:
-        return self._get(f"cooldown:{deployment.id}") is not None
-
-    def _over_rpm(self, deployment: Deployment) -> bool:
-        rpm = deployment.params.get("rpm")
-        if not rpm:
-            return False
-        used = self._get(f"rpm:{deployment.id}:{int(time.time() // 60)}") or 0.0
-        return used >= float(rpm)
 
     # --- calling ----------------------------------------------------------------------
 
@@ -175,7 +181,8 @@ class Router:
         last: ProviderError | None = None
         for deployment in self.candidates(model):
             for try_number in range(self.settings.num_retries + 1):
-                if should_stop():
+                # Checked before every attempt but the first: the job was just claimed.
+                if last is not None and should_stop():
                     raise AllDeploymentsFailed("stopped", last=last)
                 try:
                     return self._attempt(deployment, fn)
@@ -250,11 +257,14 @@ class Router:
     # --- shared state, failing open: routing works without it ---------------------------
 
     def _get(self, key: str) -> float | None:
+        return self._get_many([key])[0]
+
+    def _get_many(self, keys: list[str]) -> list[float | None]:
         try:
-            return self.state.get(key)
+            return self.state.get_many(keys)
         except Exception:
-            log.warning("router state unavailable (get %s)", key, exc_info=True)
-            return None
+            log.warning("router state unavailable (get %s)", ", ".join(keys), exc_info=True)
+            return [None] * len(keys)
 
     def _incr(self, key: str, amount: float, ttl_s: float) -> float | None:
         try:

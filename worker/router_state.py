@@ -27,8 +27,12 @@ class RouterState(ABC):
         """Add `amount` (creating the counter at 0 if absent or expired); return the new
         value. The TTL is set when the counter is created and kept on later increments."""
 
+    def get(self, key: str) -> float | None:
+        return self.get_many([key])[0]
+
     @abstractmethod
-    def get(self, key: str) -> float | None: ...
+    def get_many(self, keys: list[str]) -> list[float | None]:
+        """Current values, None for absent or expired counters, in the order asked."""
 
     @abstractmethod
     def set(self, key: str, value: float, ttl_s: float) -> None: ...
@@ -56,9 +60,11 @@ class RedisRouterState(RouterState):
         ttl_ms = max(1, int(ttl_s * 1000))
         return float(self._incr(keys=[self.prefix + key], args=[amount, ttl_ms]))
 
-    def get(self, key: str) -> float | None:
-        value = self.client.get(self.prefix + key)
-        return None if value is None else float(value)
+    def get_many(self, keys: list[str]) -> list[float | None]:
+        if not keys:
+            return []
+        values = self.client.mget([self.prefix + key for key in keys])
+        return [None if value is None else float(value) for value in values]
 
     def set(self, key: str, value: float, ttl_s: float) -> None:
         self.client.set(self.prefix + key, value, px=max(1, int(ttl_s * 1000)))
@@ -85,14 +91,17 @@ class DatabaseRouterState(RouterState):
             ).returning(RouterCounter.value)
             return float(session.execute(upsert).scalar_one())
 
-    def get(self, key: str) -> float | None:
+    def get_many(self, keys: list[str]) -> list[float | None]:
+        if not keys:
+            return []
         with self.sessionmaker() as session:
-            row = session.execute(
-                select(RouterCounter.value).where(
-                    RouterCounter.key == key, RouterCounter.expires_at > utcnow()
+            rows = session.execute(
+                select(RouterCounter.key, RouterCounter.value).where(
+                    RouterCounter.key.in_(keys), RouterCounter.expires_at > utcnow()
                 )
-            ).first()
-            return None if row is None else float(row[0])
+            )
+            found = {key: float(value) for key, value in rows}
+        return [found.get(key) for key in keys]
 
     def set(self, key: str, value: float, ttl_s: float) -> None:
         expires_at = utcnow() + timedelta(seconds=ttl_s)

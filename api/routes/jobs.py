@@ -30,7 +30,7 @@ def create_speech_job(
     body: SpeechJobCreate, state: StateDep, session: SessionDep, principal: CurrentKey
 ) -> JobPublic:
     job = submit_speech(state, session, principal, body, max_characters=MAX_SPEECH_JOB_CHARACTERS)
-    return public(session, job)
+    return job_public(job, [])  # a new job has no attempts yet
 
 
 @router.post(
@@ -43,7 +43,7 @@ async def create_transcription_job(
     request: Request, state: StateDep, principal: CurrentKey
 ) -> JobPublic:
     job = await accept_transcription(request, state, principal)
-    return await run_in_threadpool(read_job, state, principal, job.id)
+    return job_public(job, [])
 
 
 @router.get("", response_model=JobsPublic)

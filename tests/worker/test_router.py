@@ -228,13 +228,21 @@ def test_all_failed_carries_last_error(state: RouterState) -> None:
     assert isinstance(info.value.last, AuthenticationFailed)
 
 
-def test_stop_is_checked_before_each_attempt(state: RouterState) -> None:
-    router = make_router(state)
-    calls = iter([False, True])
+def test_stop_is_checked_before_each_retry(state: RouterState) -> None:
+    router = make_router(state, config(allowed_fails=10))
+    answers = iter([False, True])
+    checks: list[bool] = []
+
+    def should_stop() -> bool:
+        checks.append(next(answers))
+        return checks[-1]
+
     script = InOrder([ProviderUnavailable("x")] * 3)
     with pytest.raises(AllDeploymentsFailed, match="stopped"):
-        router.call("tts", script, should_stop=lambda: next(calls))
-    assert len(script.calls) == 1
+        router.call("tts", script, should_stop=should_stop)
+    # Not before the first try (the job was just claimed); before the second and third.
+    assert len(script.calls) == 2
+    assert checks == [False, True]
 
 
 def test_unexpected_exception_is_recorded_then_raised(state: RouterState) -> None:
