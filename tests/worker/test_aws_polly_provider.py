@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,12 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
+from tests.worker.provider_fakes import (
+    OPENAI_VOICES,
+    assert_no_secret,
+    standalone_provider,
+    unused_port,
+)
 from worker.providers.aws_polly import (
     ENGINES,
     VOICE_MAPS,
@@ -73,8 +78,7 @@ ENGINE_VOICES = {
     "generative": {"Danielle", "Joanna", "Matthew", "Ruth", "Salli", "Stephen", "Amy", "Brian"},
     "long-form": {"Danielle", "Gregory", "Ruth"},
 }
-OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable")
-OPENAI_VOICES += ("nova", "onyx", "sage", "shimmer", "verse")
+SECRETS = (SECRET_ACCESS_KEY, SESSION_TOKEN, ACCESS_KEY_ID)
 
 
 @dataclass
@@ -287,17 +291,6 @@ def make_provider(fake: FakePolly) -> Iterator[Callable[..., PollyProvider]]:
 def speech(**overrides: Any) -> SynthesisRequest:
     values: dict[str, Any] = {"model": "neural", "text": "Hello, world.", "voice": "alloy"}
     return SynthesisRequest(**(values | overrides))
-
-
-def assert_no_secret(error: BaseException) -> None:
-    """No credential in any message along the chain: not ours, not botocore's."""
-    seen: BaseException | None = error
-    while seen is not None:
-        for secret in (SECRET_ACCESS_KEY, SESSION_TOKEN, ACCESS_KEY_ID):
-            assert secret not in str(seen)
-            assert secret not in repr(seen)
-            assert secret not in getattr(seen, "message", "")
-        seen = seen.__cause__
 
 
 # Text to speech.
@@ -606,7 +599,7 @@ def test_provider_error_for_polly_error(
     assert str(caught.value) == f"aws_polly HTTP {status} {code}: Failed for {code}."
     assert isinstance(caught.value.__cause__, ClientError)
     assert len(fake.calls) == 1  # botocore retried nothing; the router decides
-    assert_no_secret(caught.value)
+    assert_no_secret(caught.value, *SECRETS)
 
 
 def test_provider_error_masks_credentials_echoed_by_the_server(
@@ -624,7 +617,7 @@ def test_provider_error_masks_credentials_echoed_by_the_server(
         str(caught.value) == "aws_polly HTTP 403 UnrecognizedClientException: bad *** / *** / ***"
     )
     assert caught.value.__cause__ is None  # botocore's copy quotes them
-    assert_no_secret(caught.value)
+    assert_no_secret(caught.value, *SECRETS)
 
 
 @pytest.mark.parametrize(
@@ -657,29 +650,23 @@ def test_provider_error_read_timeout(
     assert isinstance(caught.value.__cause__, ReadTimeoutError)
     assert caught.value.status_code is None
     assert len(fake.calls) == 1
-    assert_no_secret(caught.value)
+    assert_no_secret(caught.value, *SECRETS)
 
 
 def test_provider_error_connection_refused() -> None:
-    with socket.socket() as sock:  # bind a port, then release it: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    deployment = Deployment(
-        model_name="speech",
-        provider="aws_polly",
+    provider = standalone_provider(
+        PollyProvider,
         model="neural",
-        params={
-            "api_base": f"http://127.0.0.1:{port}",
-            "aws_region_name": REGION,
-            "aws_access_key_id": ACCESS_KEY_ID,
-            "aws_secret_access_key": SECRET_ACCESS_KEY,
-        },
+        api_base=f"http://127.0.0.1:{unused_port()}",
+        aws_region_name=REGION,
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
     )
-    with PollyProvider(deployment) as provider, pytest.raises(ProviderUnavailable) as caught:
+    with provider, pytest.raises(ProviderUnavailable) as caught:
         provider.synthesize(speech())
 
     assert isinstance(caught.value.__cause__, EndpointConnectionError)
-    assert_no_secret(caught.value)
+    assert_no_secret(caught.value, *SECRETS)
 
 
 def test_provider_error_without_any_credentials(

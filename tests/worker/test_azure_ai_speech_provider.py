@@ -6,19 +6,37 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.worker.test_openai_provider import AUDIO_BYTES, Upload, parse_multipart
+from tests.worker.provider_fakes import (
+    AUDIO_BYTES,
+    HTTP_STATUS_ERRORS,
+    OPENAI_VOICES,
+    TRANSPORT_FAILURES,
+    Answer,
+    RecordingServer,
+    Upload,
+    answering,
+    assert_connection_refused,
+    assert_no_secret,
+    assert_status_classes,
+    assert_status_error,
+    assert_transport_error,
+    check_azure_auth,
+    parse_multipart,
+    provider_factory,
+    raising,
+    serve_recording,
+    standalone_provider,
+    unused_port,
+)
 from worker.providers.azure_ai_speech import (
     DEFAULT_VOICE_MAP,
     AzureSpeechProvider,
@@ -38,7 +56,6 @@ from worker.providers.errors import (
     AuthenticationFailed,
     InvalidInput,
     ProviderError,
-    ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
     UnsupportedFeature,
@@ -51,25 +68,13 @@ TTS_URL = "https://eastus.tts.speech.microsoft.com/cognitiveservices/v1"
 STT_URL = "https://eastus.api.cognitive.microsoft.com/speechtotext/transcriptions:transcribe"
 SSML_NS = "{http://www.w3.org/2001/10/synthesis}"
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+SECRETS = (API_KEY, AD_TOKEN)
 # Formats the REST reference lists; the fake refuses anything else, as Azure does.
 OUTPUT_FORMATS = {
     "audio-24khz-48kbitrate-mono-mp3": (b"\xff\xf3\x64\xc4" + bytes(60), "audio/mpeg"),
     "ogg-24khz-16bit-mono-opus": (b"OggS\x00\x02" + b"OpusHead" + bytes(16), "audio/ogg"),
     "raw-24khz-16bit-mono-pcm": (b"\x00\x00\xff\x7f\x01\x80" * 8, "audio/x-wav"),
 }
-OPENAI_VOICES = (
-    "alloy",
-    "ash",
-    "ballad",
-    "coral",
-    "echo",
-    "fable",
-    "nova",
-    "onyx",
-    "sage",
-    "shimmer",
-    "verse",
-)
 # The fast transcription guide's example answer, cut to two phrases.
 FAST_TRANSCRIPTION: dict[str, Any] = {
     "durationMilliseconds": 2720,
@@ -205,14 +210,12 @@ class FakeAzureSpeech:
         return httpx.Response(200, json=FAST_TRANSCRIPTION, headers=headers)
 
     def check_auth(self, headers: httpx.Headers) -> None:
-        if self.ad_token is not None:
-            assert headers["authorization"] == f"Bearer {self.ad_token}"
-            assert "ocp-apim-subscription-key" not in headers
-        elif self.api_key is not None:
-            assert headers["ocp-apim-subscription-key"] == self.api_key
-            assert "authorization" not in headers
-        else:
-            assert "ocp-apim-subscription-key" not in headers and "authorization" not in headers
+        check_azure_auth(
+            headers,
+            key_header="ocp-apim-subscription-key",
+            api_key=self.api_key,
+            ad_token=self.ad_token,
+        )
 
     def check_tts(self, request: httpx.Request, call: Call) -> None:
         assert request.headers["content-type"] == "application/ssml+xml"
@@ -239,34 +242,14 @@ def fake() -> FakeAzureSpeech:
 @pytest.fixture
 def make_provider(fake: FakeAzureSpeech) -> Iterator[Callable[..., AzureSpeechProvider]]:
     """Build a provider wired to `fake` (or `handler`); params default to `region: eastus`."""
-    providers: list[AzureSpeechProvider] = []
+    with provider_factory(AzureSpeechProvider, fake, model="neural", api_key=API_KEY) as build:
 
-    def create(
-        *,
-        api_key: str | None = API_KEY,
-        handler: Callable[[httpx.Request], httpx.Response] | None = None,
-        model_info: dict[str, Any] | None = None,
-        **params: Any,
-    ) -> AzureSpeechProvider:
-        if "api_base" not in params:
-            params.setdefault("region", REGION)
-        params["api_key"] = api_key
-        deployment = Deployment(
-            model_name="speech",
-            provider="azure_ai_speech",
-            model="neural",
-            params=params,
-            model_info=model_info or {},
-            id="speech#0",
-        )
-        http = httpx.Client(transport=httpx.MockTransport(handler or fake))
-        provider = AzureSpeechProvider(deployment, http=http)
-        providers.append(provider)
-        return provider
+        def create(**params: Any) -> AzureSpeechProvider:
+            if "api_base" not in params:
+                params.setdefault("region", REGION)
+            return build(**params)
 
-    yield create
-    for provider in providers:
-        provider.http.close()
+        yield create
 
 
 @pytest.fixture
@@ -284,17 +267,6 @@ def speech(**overrides: Any) -> SynthesisRequest:
 def transcription(audio_path: Path, **overrides: Any) -> TranscriptionRequest:
     values: dict[str, Any] = {"model": "neural", "audio_path": audio_path, "filename": "clip.wav"}
     return TranscriptionRequest(**(values | overrides))
-
-
-def assert_no_secret(error: BaseException) -> None:
-    """No secret in any message along the chain: not ours, not httpx's."""
-    seen: BaseException | None = error
-    while seen is not None:
-        for secret in (API_KEY, AD_TOKEN):
-            assert secret not in str(seen)
-            assert secret not in repr(seen)
-            assert secret not in getattr(seen, "message", "")
-        seen = seen.__cause__
 
 
 # Text to speech: the SSML.
@@ -583,11 +555,8 @@ def test_max_characters_keeps_half_speed_audio_under_ten_minutes(
 def test_synthesize_speech_non_audio_answer_is_unavailable(
     make_provider: Callable[..., AzureSpeechProvider], content: bytes, content_type: str
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=content, headers={"content-type": content_type})
-
     with pytest.raises(ProviderUnavailable, match="expected audio-24khz-48kbitrate-mono-mp3"):
-        make_provider(handler=handler).synthesize(speech())
+        make_provider(handler=answering(content, content_type)).synthesize(speech())
 
 
 # Speech to text: fast transcription.
@@ -686,11 +655,9 @@ def test_transcribe_audio_silence_is_empty_text(
 def test_transcribe_audio_unexpected_json_is_unavailable(
     make_provider: Callable[..., AzureSpeechProvider], audio_path: Path, content: bytes
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=content, headers={"content-type": "application/json"})
-
+    provider = make_provider(handler=answering(content, "application/json"))
     with pytest.raises(ProviderUnavailable, match="^azure_ai_speech: transcription"):
-        make_provider(handler=handler).transcribe(transcription(audio_path))
+        provider.transcribe(transcription(audio_path))
 
 
 @pytest.mark.parametrize(
@@ -721,23 +688,6 @@ def speech_error(status: int, message: str, **headers: str) -> httpx.Response:
     return httpx.Response(status, json=body, headers={"apim-request-id": "err-1", **headers})
 
 
-STATUS_ERRORS: list[tuple[int, type[ProviderError]]] = [
-    (400, InvalidInput),
-    (401, AuthenticationFailed),
-    (403, AuthenticationFailed),
-    (404, UnsupportedFeature),
-    (408, ProviderTimeout),
-    (409, ProviderUnavailable),
-    (413, InvalidInput),
-    (415, InvalidInput),
-    (422, InvalidInput),
-    (429, RateLimited),
-    (500, ProviderUnavailable),
-    (502, ProviderUnavailable),
-    (503, ProviderUnavailable),
-]
-
-
 def call_provider(provider: AzureSpeechProvider, kind: str, audio_path: Path) -> None:
     if kind == "speech":
         provider.synthesize(speech())
@@ -746,7 +696,7 @@ def call_provider(provider: AzureSpeechProvider, kind: str, audio_path: Path) ->
 
 
 @pytest.mark.parametrize("kind", ["speech", "transcription"])
-@pytest.mark.parametrize(("status", "error_class"), STATUS_ERRORS)
+@pytest.mark.parametrize(("status", "error_class"), HTTP_STATUS_ERRORS)
 def test_provider_error_for_status(
     fake: FakeAzureSpeech,
     make_provider: Callable[..., AzureSpeechProvider],
@@ -761,14 +711,11 @@ def test_provider_error_for_status(
     with pytest.raises(error_class) as caught:
         call_provider(make_provider(), kind, audio_path)
 
-    assert type(caught.value) is error_class
-    assert caught.value.status_code == status
+    assert_status_error(caught.value, error_class, status, *SECRETS)
     code = "InvalidRequest" if status < 500 else "InternalServerError"
     assert str(caught.value) == (
         f"azure_ai_speech HTTP {status}: {code}: Key *** was refused. (See the definition.)"
     )
-    assert isinstance(caught.value.__cause__, httpx.HTTPStatusError)
-    assert_no_secret(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -818,7 +765,7 @@ def test_provider_error_entra_token_is_masked(
         with pytest.raises(AuthenticationFailed) as caught:
             call_provider(provider, kind, audio_path)
         assert str(caught.value) == "azure_ai_speech HTTP 401: Bad token ***"
-        assert_no_secret(caught.value)
+        assert_no_secret(caught.value, *SECRETS)
 
 
 @pytest.mark.parametrize(
@@ -839,17 +786,7 @@ def test_provider_error_rate_limited_retry_after(
     assert caught.value.retry_after_s == expected_s
 
 
-@pytest.mark.parametrize(
-    ("exception", "error_class"),
-    [
-        (httpx.ReadTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectTimeout("timed out"), ProviderTimeout),
-        (httpx.PoolTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectError("[Errno -2] Name or service not known"), ProviderUnavailable),
-        (httpx.RemoteProtocolError("peer closed connection"), ProviderUnavailable),
-        (httpx.ReadError("connection reset"), ProviderUnavailable),
-    ],
-)
+@pytest.mark.parametrize(("exception", "error_class"), TRANSPORT_FAILURES)
 @pytest.mark.parametrize("kind", ["speech", "transcription"])
 def test_provider_error_for_transport_failure(
     make_provider: Callable[..., AzureSpeechProvider],
@@ -858,27 +795,18 @@ def test_provider_error_for_transport_failure(
     exception: httpx.TransportError,
     error_class: type[ProviderError],
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exception
-
     with pytest.raises(error_class, match="^azure_ai_speech: ") as caught:
-        call_provider(make_provider(handler=handler), kind, audio_path)
+        call_provider(make_provider(handler=raising(exception)), kind, audio_path)
 
-    assert caught.value.__cause__ is exception
-    assert caught.value.status_code is None
-    assert_no_secret(caught.value)
+    assert_transport_error(caught.value, exception, *SECRETS)
 
 
 def test_map_azure_speech_error_every_status_class() -> None:
-    request = httpx.Request("POST", TTS_URL)
-    for status, error_class in [
-        *STATUS_ERRORS,
-        (504, ProviderUnavailable),
-        (302, ProviderUnavailable),
-    ]:
-        response = httpx.Response(status, request=request)
-        exc = httpx.HTTPStatusError("status", request=request, response=response)
-        assert type(map_azure_speech_error(exc)) is error_class, status
+    assert_status_classes(
+        map_azure_speech_error,
+        [*HTTP_STATUS_ERRORS, (504, ProviderUnavailable), (302, ProviderUnavailable)],
+        url=TTS_URL,
+    )
 
 
 def test_map_azure_speech_error_redacts_every_secret() -> None:
@@ -893,84 +821,45 @@ def test_map_azure_speech_error_redacts_every_secret() -> None:
 
 
 def test_provider_error_connection_refused_over_real_sockets() -> None:
-    with socket.socket() as sock:  # bind a port, then release it: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    deployment = Deployment(
-        model_name="speech",
-        provider="azure_ai_speech",
+    provider = standalone_provider(
+        AzureSpeechProvider,
         model="neural",
-        params={"api_base": f"http://127.0.0.1:{port}", "api_key": API_KEY, "timeout": 5},
+        api_base=f"http://127.0.0.1:{unused_port()}",
+        api_key=API_KEY,
+        timeout=5,
     )
-    with AzureSpeechProvider(deployment) as provider, pytest.raises(ProviderUnavailable) as caught:
-        provider.synthesize(speech())
-
-    assert isinstance(caught.value.__cause__, httpx.ConnectError)
-    assert_no_secret(caught.value)
+    assert_connection_refused(provider, speech(), *SECRETS)
 
 
 # Real HTTP: the provider's own httpx client against a tiny server on a socket.
 
 
-class RecordingHandler(BaseHTTPRequestHandler):
-    """A minimal Speech resource endpoint. It only records; the test thread asserts."""
-
-    server: RecordingServer
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.records.append((self.path, dict(self.headers.items()), body))
-        if self.path == "/tts/cognitiveservices/v1":
-            output_format = self.headers["X-Microsoft-OutputFormat"]
-            content, content_type = OUTPUT_FORMATS[output_format]
-        elif self.path == "/speechtotext/transcriptions:transcribe?api-version=2024-11-15":
-            content, content_type = json.dumps(FAST_TRANSCRIPTION).encode(), "application/json"
-        else:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(content)))
-        self.send_header("X-RequestId", "real-request")
-        self.end_headers()
-        self.wfile.write(content)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep pytest output clean
-
-
-class RecordingServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), RecordingHandler)
-        self.records: list[tuple[str, dict[str, str], bytes]] = []
+def answer_real_request(path: str, headers: httpx.Headers, body: bytes) -> Answer:
+    """A minimal Speech resource endpoint."""
+    if path == "/tts/cognitiveservices/v1":
+        content, content_type = OUTPUT_FORMATS[headers["X-Microsoft-OutputFormat"]]
+    elif path == "/speechtotext/transcriptions:transcribe?api-version=2024-11-15":
+        content, content_type = json.dumps(FAST_TRANSCRIPTION).encode(), "application/json"
+    else:
+        return 404, {}, b""
+    return 200, {"Content-Type": content_type, "X-RequestId": "real-request"}, content
 
 
 @pytest.fixture
 def real_server() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_recording(answer_real_request) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def real_provider(server: RecordingServer) -> AzureSpeechProvider:
     port = server.server_address[1]
-    deployment = Deployment(
-        model_name="speech",
-        provider="azure_ai_speech",
+    return standalone_provider(
+        AzureSpeechProvider,
         model="neural",
-        params={"api_base": f"http://127.0.0.1:{port}", "api_key": API_KEY, "timeout": 10},
+        api_base=f"http://127.0.0.1:{port}",
+        api_key=API_KEY,
+        timeout=10,
     )
-    return AzureSpeechProvider(deployment)  # its default httpx client
 
 
 def test_synthesize_speech_over_real_http(real_server: RecordingServer) -> None:

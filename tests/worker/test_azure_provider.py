@@ -4,25 +4,39 @@ format: method, deployment path, `api-version` query, `api-key` (or Entra bearer
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.worker.test_openai_provider import (
+from tests.worker.provider_fakes import (
     AUDIO_BYTES,
-    EXPECTED_SEGMENTS,
-    FAKE_AUDIO,
-    TRANSCRIPT,
+    OPENAI_AUDIO,
+    OPENAI_SEGMENTS,
+    OPENAI_TRANSCRIPT,
+    OPENAI_VOICES,
+    TRANSPORT_FAILURES,
+    Answer,
+    RecordingServer,
     Upload,
+    answering,
+    assert_connection_refused,
+    assert_no_secret,
+    assert_status_error,
+    assert_transport_error,
+    check_azure_auth,
+    check_openai_speech,
+    check_openai_transcription,
+    openai_transcription_answer,
     parse_multipart,
-    transcription_answer,
+    provider_factory,
+    raising,
+    serve_recording,
+    standalone_provider,
+    unused_port,
 )
 from worker.providers.azure import DEFAULT_API_VERSION, AzureOpenAIProvider
 from worker.providers.base import Deployment, SynthesisRequest, TranscriptionRequest
@@ -41,21 +55,7 @@ AD_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.entra-test-token.c2lnbmF0dXJl"
 RESOURCE = "https://contoso-audio.openai.azure.com"
 DEPLOYMENT = "tts-prod"
 QUERY = f"api-version={DEFAULT_API_VERSION}"
-SPEECH_FIELDS = {"model", "input", "voice", "response_format", "speed"}
-TRANSCRIPTION_FIELDS = {"model", "language", "prompt", "temperature", "response_format"}
-OPENAI_VOICES = (
-    "alloy",
-    "ash",
-    "ballad",
-    "coral",
-    "echo",
-    "fable",
-    "nova",
-    "onyx",
-    "sage",
-    "shimmer",
-    "verse",
-)
+SECRETS = (API_KEY, AD_TOKEN)
 AZURE_HEADERS = {
     "apim-request-id": "6f1c2d3e-0000-4000-8000-0123456789ab",
     "x-ms-region": "Sweden Central",
@@ -120,33 +120,20 @@ class FakeAzureOpenAI:
 
     def check_auth(self, headers: httpx.Headers) -> None:
         # Azure takes `api-key` or an Entra token as Bearer; we must never send both.
-        if self.ad_token is not None:
-            assert headers["authorization"] == f"Bearer {self.ad_token}"
-            assert "api-key" not in headers
-        elif self.api_key is not None:
-            assert headers["api-key"] == self.api_key
-            assert "authorization" not in headers
-        else:
-            assert "api-key" not in headers and "authorization" not in headers
+        check_azure_auth(
+            headers, key_header="api-key", api_key=self.api_key, ad_token=self.ad_token
+        )
         assert "openai-organization" not in headers
 
     def answer_speech(self, request: httpx.Request, call: Call) -> httpx.Response:
-        assert request.headers["content-type"] == "application/json"
-        body = json.loads(request.content)
-        assert SPEECH_FIELDS <= body.keys() <= SPEECH_FIELDS | {"instructions"}
-        assert isinstance(body["input"], str) and isinstance(body["speed"], float)
-        call.json = body
-        audio, content_type = FAKE_AUDIO[body["response_format"]]
+        call.json = body = check_openai_speech(request)
+        audio, content_type = OPENAI_AUDIO[body["response_format"]]
         headers = {"content-type": content_type, "x-request-id": "req-azure-speech"}
         return httpx.Response(200, content=audio, headers={**AZURE_HEADERS, **headers})
 
     def answer_transcription(self, request: httpx.Request, call: Call) -> httpx.Response:
-        assert request.headers["content-type"].startswith("multipart/form-data; boundary=")
-        upload = parse_multipart(request.headers, request.content)
-        assert upload.file_field == "file"
-        assert {"model", "response_format"} <= upload.fields.keys() <= TRANSCRIPTION_FIELDS
-        call.upload = upload
-        content, content_type = transcription_answer(upload.fields["response_format"])
+        call.upload = upload = check_openai_transcription(request)
+        content, content_type = openai_transcription_answer(upload.fields["response_format"])
         headers = {"content-type": content_type, "x-request-id": "req-azure-stt"}
         return httpx.Response(200, content=content, headers={**AZURE_HEADERS, **headers})
 
@@ -159,36 +146,10 @@ def fake() -> FakeAzureOpenAI:
 @pytest.fixture
 def make_provider(fake: FakeAzureOpenAI) -> Iterator[Callable[..., AzureOpenAIProvider]]:
     """Build a provider wired to `fake` (or `handler`); `api_base=None` leaves it unset."""
-    providers: list[AzureOpenAIProvider] = []
-
-    def create(
-        *,
-        model: str = DEPLOYMENT,
-        api_base: str | None = RESOURCE,
-        api_key: str | None = API_KEY,
-        handler: Callable[[httpx.Request], httpx.Response] | None = None,
-        model_info: dict[str, Any] | None = None,
-        **params: Any,
-    ) -> AzureOpenAIProvider:
-        if api_base is not None:
-            params["api_base"] = api_base
-        params["api_key"] = api_key
-        deployment = Deployment(
-            model_name="speech",
-            provider="azure",
-            model=model,
-            params=params,
-            model_info=model_info or {},
-            id="speech#0",
-        )
-        http = httpx.Client(transport=httpx.MockTransport(handler or fake))
-        provider = AzureOpenAIProvider(deployment, http=http)
-        providers.append(provider)
-        return provider
-
-    yield create
-    for provider in providers:
-        provider.http.close()
+    with provider_factory(
+        AzureOpenAIProvider, fake, model=DEPLOYMENT, api_base=RESOURCE, api_key=API_KEY
+    ) as create:
+        yield create
 
 
 @pytest.fixture
@@ -206,17 +167,6 @@ def speech(**overrides: Any) -> SynthesisRequest:
 def transcription(audio_path: Path, **overrides: Any) -> TranscriptionRequest:
     values: dict[str, Any] = {"model": "whisper", "audio_path": audio_path, "filename": "clip.wav"}
     return TranscriptionRequest(**(values | overrides))
-
-
-def assert_no_secret(error: BaseException, *secrets: str) -> None:
-    """No secret in any message along the chain: not ours, not httpx's."""
-    seen: BaseException | None = error
-    while seen is not None:
-        for secret in secrets or (API_KEY, AD_TOKEN):
-            assert secret not in str(seen)
-            assert secret not in repr(seen)
-            assert secret not in getattr(seen, "message", "")
-        seen = seen.__cause__
 
 
 # Text to speech.
@@ -240,7 +190,7 @@ def test_synthesize_speech_each_format(
         "response_format": audio_format,
         "speed": 1.25,
     }
-    assert result.audio == FAKE_AUDIO[audio_format][0]
+    assert result.audio == OPENAI_AUDIO[audio_format][0]
     assert result.audio_format == audio_format
     assert result.sample_rate == (24000 if audio_format == "pcm" else None)
     assert result.characters == len("Hello, world.")
@@ -373,11 +323,8 @@ def test_provider_without_api_base_is_unsupported() -> None:
 def test_synthesize_speech_non_audio_answer_is_unavailable(
     make_provider: Callable[..., AzureOpenAIProvider], content: bytes, content_type: str
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=content, headers={"content-type": content_type})
-
     with pytest.raises(ProviderUnavailable, match=r"^azure: expected mp3 audio"):
-        make_provider(handler=handler).synthesize(speech())
+        make_provider(handler=answering(content, content_type)).synthesize(speech())
 
 
 # Speech to text.
@@ -405,7 +352,7 @@ def test_transcribe_audio_json(
         "temperature": "0.2",
     }
     assert (call.upload.filename, call.upload.data) == ("clip.wav", AUDIO_BYTES)
-    assert result.text == TRANSCRIPT
+    assert result.text == OPENAI_TRANSCRIPT
     assert result.request_id == "req-azure-stt"
 
 
@@ -420,7 +367,7 @@ def test_transcribe_audio_segments_from_verbose_json(
 
     assert fake.calls[0].upload is not None
     assert fake.calls[0].upload.fields["response_format"] == "verbose_json"
-    assert result.segments == EXPECTED_SEGMENTS
+    assert result.segments == OPENAI_SEGMENTS
     assert result.duration_seconds == 3.5
     assert result.language == "english"
 
@@ -434,7 +381,7 @@ def test_transcribe_audio_gpt_4o_transcribe_pinned_to_json(
 
     assert fake.calls[0].upload is not None
     assert fake.calls[0].upload.fields["response_format"] == "json"
-    assert result.text == TRANSCRIPT and result.segments == ()
+    assert result.text == OPENAI_TRANSCRIPT and result.segments == ()
 
 
 # Errors: one mapper (OpenAI's, relabelled), every status class, both calls.
@@ -487,12 +434,9 @@ def test_provider_error_for_status(
     with pytest.raises(error_class) as caught:
         call_provider(make_provider(), kind, audio_path)
 
-    assert type(caught.value) is error_class
-    assert caught.value.status_code == status
+    assert_status_error(caught.value, error_class, status, *SECRETS)
     assert str(caught.value) == f"azure HTTP {status}: Access denied for key ***. Check it."
     assert caught.value.message == str(caught.value)
-    assert isinstance(caught.value.__cause__, httpx.HTTPStatusError)
-    assert_no_secret(caught.value)
 
 
 def test_provider_error_deployment_not_found_explains(
@@ -520,7 +464,7 @@ def test_provider_error_entra_token_is_masked(
         with pytest.raises(AuthenticationFailed) as caught:
             call_provider(provider, kind, audio_path)
         assert str(caught.value) == "azure HTTP 401: Token *** is expired."
-        assert_no_secret(caught.value)
+        assert_no_secret(caught.value, *SECRETS)
 
 
 @pytest.mark.parametrize(
@@ -553,15 +497,7 @@ def test_provider_error_rate_limited_retry_after(
     assert "exceeded call rate limit" in caught.value.message
 
 
-@pytest.mark.parametrize(
-    ("exception", "error_class"),
-    [
-        (httpx.ReadTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectError("[Errno -2] Name or service not known"), ProviderUnavailable),
-        (httpx.RemoteProtocolError("peer closed connection"), ProviderUnavailable),
-    ],
-)
+@pytest.mark.parametrize(("exception", "error_class"), TRANSPORT_FAILURES)
 @pytest.mark.parametrize("kind", ["speech", "transcription"])
 def test_provider_error_for_transport_failure(
     make_provider: Callable[..., AzureOpenAIProvider],
@@ -570,106 +506,68 @@ def test_provider_error_for_transport_failure(
     exception: httpx.TransportError,
     error_class: type[ProviderError],
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exception
-
     with pytest.raises(error_class, match=r"^azure: ") as caught:
-        call_provider(make_provider(handler=handler), kind, audio_path)
+        call_provider(make_provider(handler=raising(exception)), kind, audio_path)
 
-    assert caught.value.__cause__ is exception
-    assert caught.value.status_code is None
-    assert_no_secret(caught.value)
+    assert_transport_error(caught.value, exception, *SECRETS)
 
 
 def test_provider_error_malformed_transcription_is_relabelled(
     make_provider: Callable[..., AzureOpenAIProvider], audio_path: Path
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"{not json", headers={"content-type": "text/json"})
-
+    provider = make_provider(handler=answering(b"{not json", "text/json"))
     with pytest.raises(ProviderUnavailable, match=r"^azure: transcription answer is not"):
-        make_provider(handler=handler).transcribe(transcription(audio_path))
+        provider.transcribe(transcription(audio_path))
 
 
 def test_provider_error_connection_refused_over_real_sockets() -> None:
-    with socket.socket() as sock:  # bind a port, then release it: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    deployment = Deployment(
-        model_name="speech",
-        provider="azure",
+    provider = standalone_provider(
+        AzureOpenAIProvider,
         model=DEPLOYMENT,
-        params={"api_base": f"http://127.0.0.1:{port}", "api_key": API_KEY, "timeout": 5},
+        api_base=f"http://127.0.0.1:{unused_port()}",
+        api_key=API_KEY,
+        timeout=5,
     )
-    with AzureOpenAIProvider(deployment) as provider, pytest.raises(ProviderUnavailable) as caught:
-        provider.synthesize(speech())
-
-    assert isinstance(caught.value.__cause__, httpx.ConnectError)
-    assert_no_secret(caught.value)
+    assert_connection_refused(provider, speech(), *SECRETS)
 
 
 # Real HTTP: the provider's own httpx client against a tiny server on a socket.
 
 
-class RecordingHandler(BaseHTTPRequestHandler):
-    """A minimal Azure OpenAI audio server. It only records; the test thread asserts."""
-
-    server: RecordingServer
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.records.append((self.path, dict(self.headers.items()), body))
-        if self.path.startswith(f"/openai/deployments/{DEPLOYMENT}/audio/speech?"):
-            content, content_type = FAKE_AUDIO[json.loads(body)["response_format"]]
-            status = 200
-        elif self.path.startswith("/openai/deployments/whisper/audio/transcriptions?"):
-            content, content_type = transcription_answer("verbose_json")
-            status = 200
-        else:
-            error = {"error": {"code": "404", "message": "Resource not found"}}
-            content, content_type, status = json.dumps(error).encode(), "application/json", 404
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(content)))
-        self.send_header("apim-request-id", "apim-real")
-        self.send_header("x-request-id", "req-real")
-        self.end_headers()
-        self.wfile.write(content)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep pytest output clean
-
-
-class RecordingServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), RecordingHandler)
-        self.records: list[tuple[str, dict[str, str], bytes]] = []
+def answer_real_request(path: str, headers: httpx.Headers, body: bytes) -> Answer:
+    """A minimal Azure OpenAI audio server."""
+    if path.startswith(f"/openai/deployments/{DEPLOYMENT}/audio/speech?"):
+        content, content_type = OPENAI_AUDIO[json.loads(body)["response_format"]]
+        status = 200
+    elif path.startswith("/openai/deployments/whisper/audio/transcriptions?"):
+        content, content_type = openai_transcription_answer("verbose_json")
+        status = 200
+    else:
+        error = {"error": {"code": "404", "message": "Resource not found"}}
+        content, content_type, status = json.dumps(error).encode(), "application/json", 404
+    answer_headers = {
+        "Content-Type": content_type,
+        "apim-request-id": "apim-real",
+        "x-request-id": "req-real",
+    }
+    return status, answer_headers, content
 
 
 @pytest.fixture
 def real_server() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_recording(answer_real_request) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def real_provider(server: RecordingServer, model: str = DEPLOYMENT) -> AzureOpenAIProvider:
     port = server.server_address[1]
-    deployment = Deployment(
-        model_name="speech",
-        provider="azure",
+    return standalone_provider(
+        AzureOpenAIProvider,
         model=model,
-        params={"api_base": f"http://127.0.0.1:{port}/", "api_key": API_KEY, "timeout": 10},
+        api_base=f"http://127.0.0.1:{port}/",
+        api_key=API_KEY,
+        timeout=10,
     )
-    return AzureOpenAIProvider(deployment)  # its default httpx client
 
 
 def test_synthesize_speech_over_real_http(real_server: RecordingServer) -> None:
@@ -681,7 +579,7 @@ def test_synthesize_speech_over_real_http(real_server: RecordingServer) -> None:
     assert headers["api-key"] == API_KEY
     assert "Authorization" not in headers
     assert json.loads(body)["input"] == "Hello, world."
-    assert result.audio == FAKE_AUDIO["pcm"][0]
+    assert result.audio == OPENAI_AUDIO["pcm"][0]
     assert result.request_id == "req-real"
 
 
@@ -694,7 +592,7 @@ def test_transcribe_audio_over_real_http(real_server: RecordingServer, audio_pat
     assert headers["api-key"] == API_KEY
     upload = parse_multipart(httpx.Headers(headers), body)
     assert (upload.file_field, upload.filename, upload.data) == ("file", "clip.wav", AUDIO_BYTES)
-    assert result.segments == EXPECTED_SEGMENTS
+    assert result.segments == OPENAI_SEGMENTS
 
 
 def test_provider_error_over_real_http(real_server: RecordingServer) -> None:

@@ -3,24 +3,33 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from worker.providers.base import (
-    Deployment,
-    SynthesisRequest,
-    TranscriptionRequest,
-    TranscriptSegment,
+from tests.worker.provider_fakes import (
+    HTTP_STATUS_ERRORS,
+    TRANSPORT_FAILURES,
+    Answer,
+    RecordingServer,
+    answering,
+    assert_connection_refused,
+    assert_status_classes,
+    assert_status_error,
+    assert_transport_error,
+    provider_factory,
+    raising,
+    serve_recording,
+    single_query,
+    standalone_provider,
+    unused_port,
 )
+from worker.providers.base import SynthesisRequest, TranscriptionRequest, TranscriptSegment
 from worker.providers.deepgram import (
     DEFAULT_VOICE_MAP,
     DeepgramProvider,
@@ -32,7 +41,6 @@ from worker.providers.errors import (
     AuthenticationFailed,
     InvalidInput,
     ProviderError,
-    ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
     UnsupportedFeature,
@@ -159,12 +167,6 @@ class Call:
     timeout: dict[str, float | None] = field(default_factory=dict)
 
 
-def single_query(url: httpx.URL | str) -> dict[str, str]:
-    query = parse_qs(urlsplit(str(url)).query, keep_blank_values=True)
-    assert all(len(values) == 1 for values in query.values()), f"repeated parameter in {url}"
-    return {key: values[0] for key, values in query.items()}
-
-
 class FakeDeepgram:
     """An httpx handler that checks each request like Deepgram would and answers realistically.
 
@@ -259,36 +261,10 @@ def fake() -> FakeDeepgram:
 @pytest.fixture
 def make_provider(fake: FakeDeepgram) -> Iterator[Callable[..., DeepgramProvider]]:
     """Build a provider wired to `fake`; `api_base=None` means Deepgram's default."""
-    providers: list[DeepgramProvider] = []
-
-    def create(
-        *,
-        model: str = TTS_MODEL,
-        api_base: str | None = FAKE_BASE,
-        api_key: str | None = API_KEY,
-        handler: Callable[[httpx.Request], httpx.Response] | None = None,
-        model_info: dict[str, Any] | None = None,
-        **params: Any,
-    ) -> DeepgramProvider:
-        if api_base is not None:
-            params["api_base"] = api_base
-        params["api_key"] = api_key
-        deployment = Deployment(
-            model_name="speech",
-            provider="deepgram",
-            model=model,
-            params=params,
-            model_info=model_info or {},
-            id="speech#0",
-        )
-        http = httpx.Client(transport=httpx.MockTransport(handler or fake))
-        provider = DeepgramProvider(deployment, http=http)
-        providers.append(provider)
-        return provider
-
-    yield create
-    for provider in providers:
-        provider.http.close()
+    with provider_factory(
+        DeepgramProvider, fake, model=TTS_MODEL, api_base=FAKE_BASE, api_key=API_KEY
+    ) as create:
+        yield create
 
 
 @pytest.fixture
@@ -525,11 +501,8 @@ def test_synthesize_speech_timeout(
 def test_synthesize_speech_non_audio_answer_is_unavailable(
     make_provider: Callable[..., DeepgramProvider], content: bytes, content_type: str
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=content, headers={"content-type": content_type})
-
     with pytest.raises(ProviderUnavailable, match="expected mp3 audio"):
-        make_provider(handler=handler).synthesize(speech())
+        make_provider(handler=answering(content, content_type)).synthesize(speech())
 
 
 def test_synthesize_speech_with_an_stt_model_is_unsupported(
@@ -694,11 +667,9 @@ def test_transcribe_audio_with_an_aura_model_is_unsupported(
 def test_transcribe_audio_unexpected_json_is_unavailable(
     make_provider: Callable[..., DeepgramProvider], audio_path: Path, content: bytes
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=content, headers={"content-type": "application/json"})
-
+    provider = make_provider(model=STT_MODEL, handler=answering(content, "application/json"))
     with pytest.raises(ProviderUnavailable):
-        make_provider(model=STT_MODEL, handler=handler).transcribe(transcription(audio_path))
+        provider.transcribe(transcription(audio_path))
 
 
 def test_group_words_splits_on_sentences_and_speakers() -> None:
@@ -728,22 +699,7 @@ def test_group_words_without_punctuated_words() -> None:
 
 # Errors: one mapper, every status class, both calls, both error envelopes.
 
-STATUS_ERRORS: list[tuple[int, type[ProviderError]]] = [
-    (400, InvalidInput),
-    (401, AuthenticationFailed),
-    (402, AuthenticationFailed),
-    (403, AuthenticationFailed),
-    (404, UnsupportedFeature),
-    (408, ProviderTimeout),
-    (409, ProviderUnavailable),
-    (413, InvalidInput),
-    (415, InvalidInput),
-    (422, InvalidInput),
-    (429, RateLimited),
-    (500, ProviderUnavailable),
-    (502, ProviderUnavailable),
-    (503, ProviderUnavailable),
-]
+STATUS_ERRORS = [*HTTP_STATUS_ERRORS, (402, AuthenticationFailed)]
 
 
 def legacy_error(status: int, code: str, message: str, **headers: str) -> httpx.Response:
@@ -789,11 +745,8 @@ def test_provider_error_for_status(
     with pytest.raises(error_class) as caught:
         call_provider(make_provider(model=model), kind, audio_path)
 
-    assert type(caught.value) is error_class
-    assert caught.value.status_code == status
+    assert_status_error(caught.value, error_class, status, API_KEY)
     assert caught.value.message == f"deepgram HTTP {status}: {expected}"
-    assert isinstance(caught.value.__cause__, httpx.HTTPStatusError)
-    assert_no_key(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -831,18 +784,7 @@ def test_provider_error_message_from_other_bodies(
         make_provider(handler=lambda request: response).synthesize(speech())
 
 
-@pytest.mark.parametrize(
-    ("exception", "error_class"),
-    [
-        (httpx.ReadTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectTimeout("timed out"), ProviderTimeout),
-        (httpx.WriteTimeout("timed out"), ProviderTimeout),
-        (httpx.PoolTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectError("[Errno 111] Connection refused"), ProviderUnavailable),
-        (httpx.RemoteProtocolError("peer closed connection"), ProviderUnavailable),
-        (httpx.WriteError("broken pipe"), ProviderUnavailable),
-    ],
-)
+@pytest.mark.parametrize(("exception", "error_class"), TRANSPORT_FAILURES)
 @pytest.mark.parametrize("kind", ["speech", "transcription"])
 def test_provider_error_for_transport_failure(
     make_provider: Callable[..., DeepgramProvider],
@@ -851,118 +793,68 @@ def test_provider_error_for_transport_failure(
     exception: httpx.TransportError,
     error_class: type[ProviderError],
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exception
-
     model = TTS_MODEL if kind == "speech" else STT_MODEL
     with pytest.raises(error_class) as caught:
-        call_provider(make_provider(model=model, handler=handler), kind, audio_path)
+        call_provider(make_provider(model=model, handler=raising(exception)), kind, audio_path)
 
-    assert caught.value.__cause__ is exception
-    assert caught.value.status_code is None
-    assert_no_key(caught.value)
+    assert_transport_error(caught.value, exception, API_KEY)
 
 
 def test_provider_error_connection_refused_over_real_sockets(audio_path: Path) -> None:
-    with socket.socket() as sock:  # bind a port, then release it: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    deployment = Deployment(
-        model_name="speech",
-        provider="deepgram",
+    provider = standalone_provider(
+        DeepgramProvider,
         model=STT_MODEL,
-        params={"api_base": f"http://127.0.0.1:{port}", "api_key": API_KEY, "timeout": 5},
+        api_base=f"http://127.0.0.1:{unused_port()}",
+        api_key=API_KEY,
+        timeout=5,
     )
-    with DeepgramProvider(deployment) as provider, pytest.raises(ProviderUnavailable) as caught:
-        provider.transcribe(transcription(audio_path))
-
-    assert isinstance(caught.value.__cause__, httpx.ConnectError)
-    assert_no_key(caught.value)
+    assert_connection_refused(provider, transcription(audio_path), API_KEY)
 
 
 def test_map_deepgram_error_every_status_class() -> None:
-    request = httpx.Request("POST", f"{FAKE_BASE}/v1/listen")
-    for status, error_class in [
-        *STATUS_ERRORS,
-        (504, ProviderUnavailable),
-        (302, ProviderUnavailable),
-        (418, ProviderUnavailable),
-    ]:
-        response = httpx.Response(status, json={"err_msg": "m"}, request=request)
-        exc = httpx.HTTPStatusError("status", request=request, response=response)
-        assert type(map_deepgram_error(exc)) is error_class, status
-
-
-def assert_no_key(error: BaseException) -> None:
-    """The key is in no message along the chain: not ours, not httpx's."""
-    seen: BaseException | None = error
-    while seen is not None:
-        assert API_KEY not in str(seen)
-        assert API_KEY not in repr(seen)
-        assert API_KEY not in getattr(seen, "message", "")
-        seen = seen.__cause__
+    assert_status_classes(
+        map_deepgram_error,
+        [
+            *STATUS_ERRORS,
+            (504, ProviderUnavailable),
+            (302, ProviderUnavailable),
+            (418, ProviderUnavailable),
+        ],
+        url=f"{FAKE_BASE}/v1/listen",
+        json={"err_msg": "m"},
+    )
 
 
 # Real HTTP: the provider's own httpx client against a tiny server on a socket.
 
 
-class RecordingHandler(BaseHTTPRequestHandler):
-    """A minimal Deepgram server. It only records; the test thread asserts."""
-
-    server: RecordingServer
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        body = self.rfile.read(length)
-        self.server.records.append((self.path, dict(self.headers.items()), body))
-        if self.path.startswith("/v1/speak?"):
-            content, content_type = FAKE_AUDIO["opus"]
-        elif self.path.startswith("/v1/listen?"):
-            content = json.dumps(listen_answer(detected_language="en")).encode()
-            content_type = "application/json"
-        else:
-            raise AssertionError(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(content)))
-        self.send_header("dg-request-id", "req_real")
-        self.end_headers()
-        self.wfile.write(content)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep pytest output clean
-
-
-class RecordingServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), RecordingHandler)
-        self.records: list[tuple[str, dict[str, str], bytes]] = []
+def answer_real_request(path: str, headers: httpx.Headers, body: bytes) -> Answer:
+    """A minimal Deepgram server."""
+    if path.startswith("/v1/speak?"):
+        content, content_type = FAKE_AUDIO["opus"]
+    elif path.startswith("/v1/listen?"):
+        content = json.dumps(listen_answer(detected_language="en")).encode()
+        content_type = "application/json"
+    else:
+        raise AssertionError(path)
+    return 200, {"Content-Type": content_type, "dg-request-id": "req_real"}, content
 
 
 @pytest.fixture
 def real_server() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_recording(answer_real_request) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def real_provider(server: RecordingServer, model: str) -> DeepgramProvider:
     host, port = server.server_address[:2]
-    deployment = Deployment(
-        model_name="speech",
-        provider="deepgram",
+    return standalone_provider(
+        DeepgramProvider,
         model=model,
-        params={"api_base": f"http://{host!s}:{port}/v1", "api_key": API_KEY, "timeout": 10},
+        api_base=f"http://{host!s}:{port}/v1",
+        api_key=API_KEY,
+        timeout=10,
     )
-    return DeepgramProvider(deployment)  # its default httpx client
 
 
 def test_synthesize_speech_over_real_http(real_server: RecordingServer) -> None:

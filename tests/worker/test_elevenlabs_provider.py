@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
-import io
 import json
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
-import python_multipart
 
-from worker.providers.base import (
-    Deployment,
-    SynthesisRequest,
-    TranscriptionRequest,
-    TranscriptSegment,
+from tests.worker.provider_fakes import (
+    AUDIO_BYTES,
+    HTTP_STATUS_ERRORS,
+    TRANSPORT_FAILURES,
+    Answer,
+    RecordingServer,
+    Upload,
+    answering,
+    assert_connection_refused,
+    assert_status_classes,
+    assert_status_error,
+    assert_transport_error,
+    parse_multipart,
+    provider_factory,
+    raising,
+    serve_recording,
+    single_query,
+    standalone_provider,
+    unused_port,
 )
+from worker.providers.base import SynthesisRequest, TranscriptionRequest, TranscriptSegment
 from worker.providers.elevenlabs import (
     DEFAULT_VOICE_MAP,
     ElevenLabsProvider,
@@ -35,7 +45,6 @@ from worker.providers.errors import (
     AuthenticationFailed,
     InvalidInput,
     ProviderError,
-    ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
     UnsupportedFeature,
@@ -60,8 +69,6 @@ STT_FIELDS = {"model_id", "language_code", "temperature"}
 
 FAKE_MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x00" * 8
 FAKE_PCM = b"\x00\x00\xff\x7f\x01\x80" * 8
-# Bytes that trip careless multipart handling: CRLFs, a fake boundary, every byte value.
-AUDIO_BYTES = b"RIFF\x00\x00WAVE\r\n--boundary\r\n\r\n" + bytes(range(256)) * 64
 
 
 def word(text: str, start: float, end: float, speaker: str = "speaker_0", **extra: Any) -> dict:
@@ -123,15 +130,6 @@ EXPECTED_SEGMENTS = (
 
 
 @dataclass
-class Upload:
-    fields: dict[str, str]
-    file_field: str
-    filename: str
-    content_type: str | None
-    data: bytes
-
-
-@dataclass
 class Call:
     """One request the fake server accepted, already checked and decoded."""
 
@@ -142,38 +140,6 @@ class Call:
     json: dict[str, Any] | None = None
     upload: Upload | None = None
     timeout: dict[str, float | None] = field(default_factory=dict)
-
-
-def parse_multipart(headers: Any, body: bytes) -> Upload:
-    """Decode a multipart/form-data body with python-multipart, as starlette does."""
-    fields: dict[str, str] = {}
-    files: list[Any] = []
-
-    def on_field(item: Any) -> None:
-        fields[item.field_name.decode()] = (item.value or b"").decode()
-
-    python_multipart.parse_form(
-        {
-            "Content-Type": headers["content-type"].encode(),
-            "Content-Length": str(len(body)).encode(),
-        },
-        io.BytesIO(body),
-        on_field,
-        files.append,
-    )
-    assert len(files) == 1, "exactly one file part"
-    part = files[0]
-    part.file_object.seek(0)
-    data = part.file_object.read()
-    part.close()
-    content_type = part.content_type or None
-    return Upload(fields, part.field_name.decode(), part.file_name.decode(), content_type, data)
-
-
-def single_query(url: httpx.URL | str) -> dict[str, str]:
-    query = parse_qs(urlsplit(str(url)).query, keep_blank_values=True)
-    assert all(len(values) == 1 for values in query.values()), f"repeated parameter in {url}"
-    return {key: values[0] for key, values in query.items()}
 
 
 class FakeElevenLabs:
@@ -265,36 +231,10 @@ def fake() -> FakeElevenLabs:
 @pytest.fixture
 def make_provider(fake: FakeElevenLabs) -> Iterator[Callable[..., ElevenLabsProvider]]:
     """Build a provider wired to `fake`; `api_base=None` means ElevenLabs' default."""
-    providers: list[ElevenLabsProvider] = []
-
-    def create(
-        *,
-        model: str = TTS_MODEL,
-        api_base: str | None = FAKE_BASE,
-        api_key: str | None = API_KEY,
-        handler: Callable[[httpx.Request], httpx.Response] | None = None,
-        model_info: dict[str, Any] | None = None,
-        **params: Any,
-    ) -> ElevenLabsProvider:
-        if api_base is not None:
-            params["api_base"] = api_base
-        params["api_key"] = api_key
-        deployment = Deployment(
-            model_name="speech",
-            provider="elevenlabs",
-            model=model,
-            params=params,
-            model_info=model_info or {},
-            id="speech#0",
-        )
-        http = httpx.Client(transport=httpx.MockTransport(handler or fake))
-        provider = ElevenLabsProvider(deployment, http=http)
-        providers.append(provider)
-        return provider
-
-    yield create
-    for provider in providers:
-        provider.http.close()
+    with provider_factory(
+        ElevenLabsProvider, fake, model=TTS_MODEL, api_base=FAKE_BASE, api_key=API_KEY
+    ) as create:
+        yield create
 
 
 @pytest.fixture
@@ -512,11 +452,8 @@ def test_synthesize_speech_timeout(
 def test_synthesize_speech_non_audio_answer_is_unavailable(
     make_provider: Callable[..., ElevenLabsProvider], content: bytes, content_type: str
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=content, headers={"content-type": content_type})
-
     with pytest.raises(ProviderUnavailable, match="expected mp3_44100_128 audio"):
-        make_provider(handler=handler).synthesize(speech())
+        make_provider(handler=answering(content, content_type)).synthesize(speech())
 
 
 def test_synthesize_speech_with_a_scribe_model_is_unsupported(
@@ -644,11 +581,9 @@ def test_transcribe_audio_with_a_tts_model_is_unsupported(
 def test_transcribe_audio_unexpected_json_is_unavailable(
     make_provider: Callable[..., ElevenLabsProvider], audio_path: Path, content: bytes
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=content, headers={"content-type": "application/json"})
-
+    provider = make_provider(model=STT_MODEL, handler=answering(content, "application/json"))
     with pytest.raises(ProviderUnavailable):
-        make_provider(model=STT_MODEL, handler=handler).transcribe(transcription(audio_path))
+        provider.transcribe(transcription(audio_path))
 
 
 def test_group_words_without_punctuation_or_diarization() -> None:
@@ -687,22 +622,7 @@ def test_group_words_cjk_sentence_ends() -> None:
 
 # Errors: one mapper, every status class, both calls.
 
-STATUS_ERRORS: list[tuple[int, type[ProviderError]]] = [
-    (400, InvalidInput),
-    (401, AuthenticationFailed),
-    (402, AuthenticationFailed),
-    (403, AuthenticationFailed),
-    (404, UnsupportedFeature),
-    (408, ProviderTimeout),
-    (409, ProviderUnavailable),
-    (413, InvalidInput),
-    (415, InvalidInput),
-    (422, InvalidInput),
-    (429, RateLimited),
-    (500, ProviderUnavailable),
-    (502, ProviderUnavailable),
-    (503, ProviderUnavailable),
-]
+STATUS_ERRORS = [*HTTP_STATUS_ERRORS, (402, AuthenticationFailed)]
 
 
 def elevenlabs_error(
@@ -737,12 +657,9 @@ def test_provider_error_for_status(
     with pytest.raises(error_class) as caught:
         call_provider(make_provider(model=model), kind, audio_path)
 
-    assert type(caught.value) is error_class
-    assert caught.value.status_code == status
+    assert_status_error(caught.value, error_class, status, API_KEY)
     assert "Key *** refused, try again. (some_status)" in str(caught.value)
     assert f"elevenlabs HTTP {status}" in str(caught.value)
-    assert isinstance(caught.value.__cause__, httpx.HTTPStatusError)
-    assert_no_key(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -820,18 +737,7 @@ def test_provider_error_message_from_other_bodies(
         make_provider(handler=lambda request: response).synthesize(speech())
 
 
-@pytest.mark.parametrize(
-    ("exception", "error_class"),
-    [
-        (httpx.ReadTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectTimeout("timed out"), ProviderTimeout),
-        (httpx.WriteTimeout("timed out"), ProviderTimeout),
-        (httpx.PoolTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectError("[Errno 111] Connection refused"), ProviderUnavailable),
-        (httpx.RemoteProtocolError("peer closed connection"), ProviderUnavailable),
-        (httpx.ReadError("connection reset"), ProviderUnavailable),
-    ],
-)
+@pytest.mark.parametrize(("exception", "error_class"), TRANSPORT_FAILURES)
 @pytest.mark.parametrize("kind", ["speech", "transcription"])
 def test_provider_error_for_transport_failure(
     make_provider: Callable[..., ElevenLabsProvider],
@@ -840,124 +746,68 @@ def test_provider_error_for_transport_failure(
     exception: httpx.TransportError,
     error_class: type[ProviderError],
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exception
-
     model = TTS_MODEL if kind == "speech" else STT_MODEL
     with pytest.raises(error_class) as caught:
-        call_provider(make_provider(model=model, handler=handler), kind, audio_path)
+        call_provider(make_provider(model=model, handler=raising(exception)), kind, audio_path)
 
-    assert caught.value.__cause__ is exception
-    assert caught.value.status_code is None
-    assert_no_key(caught.value)
+    assert_transport_error(caught.value, exception, API_KEY)
 
 
 def test_provider_error_connection_refused_over_real_sockets() -> None:
-    with socket.socket() as sock:  # bind a port, then release it: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    deployment = Deployment(
-        model_name="speech",
-        provider="elevenlabs",
+    provider = standalone_provider(
+        ElevenLabsProvider,
         model=TTS_MODEL,
-        params={"api_base": f"http://127.0.0.1:{port}", "api_key": API_KEY, "timeout": 5},
+        api_base=f"http://127.0.0.1:{unused_port()}",
+        api_key=API_KEY,
+        timeout=5,
     )
-    with ElevenLabsProvider(deployment) as provider, pytest.raises(ProviderUnavailable) as caught:
-        provider.synthesize(speech())
-
-    assert isinstance(caught.value.__cause__, httpx.ConnectError)
-    assert_no_key(caught.value)
+    assert_connection_refused(provider, speech(), API_KEY)
 
 
 def test_map_elevenlabs_error_every_status_class() -> None:
-    request = httpx.Request("POST", f"{FAKE_BASE}/v1/text-to-speech/x")
-    for status, error_class in [
-        *STATUS_ERRORS,
-        (504, ProviderUnavailable),
-        (302, ProviderUnavailable),
-        (418, ProviderUnavailable),
-    ]:
-        body = {"detail": {"status": "s", "message": "m"}}
-        response = httpx.Response(status, json=body, request=request)
-        exc = httpx.HTTPStatusError("status", request=request, response=response)
-        assert type(map_elevenlabs_error(exc)) is error_class, status
-
-
-def assert_no_key(error: BaseException) -> None:
-    """The key is in no message along the chain: not ours, not httpx's."""
-    seen: BaseException | None = error
-    while seen is not None:
-        assert API_KEY not in str(seen)
-        assert API_KEY not in repr(seen)
-        assert API_KEY not in getattr(seen, "message", "")
-        seen = seen.__cause__
+    assert_status_classes(
+        map_elevenlabs_error,
+        [
+            *STATUS_ERRORS,
+            (504, ProviderUnavailable),
+            (302, ProviderUnavailable),
+            (418, ProviderUnavailable),
+        ],
+        url=f"{FAKE_BASE}/v1/text-to-speech/x",
+        json={"detail": {"status": "s", "message": "m"}},
+    )
 
 
 # Real HTTP: the provider's own httpx client against a tiny server on a socket.
 
 
-class RecordingHandler(BaseHTTPRequestHandler):
-    """A minimal ElevenLabs server. It only records; the test thread asserts."""
-
-    server: RecordingServer
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        body = self.rfile.read(length)
-        self.server.records.append((self.path, dict(self.headers.items()), body))
-        if self.path.startswith("/v1/text-to-speech/"):
-            content, content_type = FAKE_PCM, "audio/pcm"
-        elif self.path == "/v1/speech-to-text":
-            content, content_type = json.dumps(SCRIBE_ANSWER).encode(), "application/json"
-        else:
-            content = json.dumps({"detail": {"status": "not_found", "message": "No route"}})
-            self.send_response(404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            self.wfile.write(content.encode())
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(content)))
-        self.send_header("request-id", "req_real")
-        self.end_headers()
-        self.wfile.write(content)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep pytest output clean
-
-
-class RecordingServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), RecordingHandler)
-        self.records: list[tuple[str, dict[str, str], bytes]] = []
+def answer_real_request(path: str, headers: httpx.Headers, body: bytes) -> Answer:
+    """A minimal ElevenLabs server."""
+    if path.startswith("/v1/text-to-speech/"):
+        content, content_type = FAKE_PCM, "audio/pcm"
+    elif path == "/v1/speech-to-text":
+        content, content_type = json.dumps(SCRIBE_ANSWER).encode(), "application/json"
+    else:
+        error = {"detail": {"status": "not_found", "message": "No route"}}
+        return 404, {"Content-Type": "application/json"}, json.dumps(error).encode()
+    return 200, {"Content-Type": content_type, "request-id": "req_real"}, content
 
 
 @pytest.fixture
 def real_server() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_recording(answer_real_request) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def real_provider(server: RecordingServer, model: str = TTS_MODEL) -> ElevenLabsProvider:
     host, port = server.server_address[:2]
-    deployment = Deployment(
-        model_name="speech",
-        provider="elevenlabs",
+    return standalone_provider(
+        ElevenLabsProvider,
         model=model,
-        params={"api_base": f"http://{host!s}:{port}", "api_key": API_KEY, "timeout": 10},
+        api_base=f"http://{host!s}:{port}",
+        api_key=API_KEY,
+        timeout=10,
     )
-    return ElevenLabsProvider(deployment)  # its default httpx client
 
 
 def test_synthesize_speech_over_real_http(real_server: RecordingServer) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +11,26 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.providers.base import Deployment, SynthesisRequest
+from tests.worker.provider_fakes import (
+    HTTP_STATUS_ERRORS,
+    OPENAI_VOICES,
+    PCM,
+    TRANSPORT_FAILURES,
+    answering,
+    assert_connection_refused,
+    assert_no_secret,
+    assert_status_classes,
+    assert_status_error,
+    assert_transport_error,
+    check_speech_body,
+    gemini_answer,
+    google_error,
+    provider_factory,
+    raising,
+    standalone_provider,
+    unused_port,
+)
+from worker.providers.base import SynthesisRequest
 from worker.providers.errors import (
     AuthenticationFailed,
     InvalidInput,
@@ -35,48 +53,6 @@ API_KEY = "AIzaSyFAKE-gemini-test-key-0123456789"
 FAKE_BASE = "http://fake.local"
 MODEL = "gemini-2.5-flash-preview-tts"
 TEXT = "Hello, world."
-# Two seconds would be 96,000 bytes; a few hundred samples of a real-looking ramp will do.
-PCM = b"".join(int(v).to_bytes(2, "little", signed=True) for v in range(-3000, 3000, 25))
-OPENAI_VOICES = (
-    "alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
-)  # fmt: skip
-
-
-def gemini_answer(
-    pcm: bytes = PCM, *, mime_type: str = "audio/L16;codec=pcm;rate=24000", parts: int = 1
-) -> dict[str, Any]:
-    """A generateContent answer as the Gemini API gives it for a TTS model."""
-    size = len(pcm) // parts
-    chunks = [pcm[i * size : (i + 1) * size if i < parts - 1 else None] for i in range(parts)]
-    return {
-        "candidates": [
-            {
-                "content": {
-                    "role": "model",
-                    "parts": [
-                        {
-                            "inlineData": {
-                                "mimeType": mime_type,
-                                "data": base64.b64encode(chunk).decode(),
-                            }
-                        }
-                        for chunk in chunks
-                    ],
-                },
-                "finishReason": "STOP",
-                "index": 0,
-            }
-        ],
-        "usageMetadata": {
-            "promptTokenCount": 8,
-            "candidatesTokenCount": 48,
-            "totalTokenCount": 56,
-            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 8}],
-            "candidatesTokensDetails": [{"modality": "AUDIO", "tokenCount": 48}],
-        },
-        "modelVersion": MODEL,
-        "responseId": "TPBPaOzJEdaY1MkPy5fzkQ0",
-    }
 
 
 @dataclass
@@ -122,22 +98,6 @@ class FakeGemini:
         return httpx.Response(200, json=self.answer)
 
 
-def check_speech_body(body: dict[str, Any]) -> None:
-    """The generateContent shape of the speech-generation guide, and nothing else."""
-    assert body.keys() == {"contents", "generationConfig"}
-    (content,) = body["contents"]
-    assert content.keys() == {"role", "parts"} and content["role"] == "user"
-    (part,) = content["parts"]
-    assert part.keys() == {"text"} and isinstance(part["text"], str) and part["text"]
-    config = body["generationConfig"]
-    assert config.keys() == {"responseModalities", "speechConfig"}
-    assert config["responseModalities"] == ["AUDIO"]
-    speech = config["speechConfig"]
-    assert speech.keys() <= {"voiceConfig", "languageCode"}
-    voice = speech["voiceConfig"]["prebuiltVoiceConfig"]["voiceName"]
-    assert isinstance(voice, str) and voice
-
-
 @pytest.fixture
 def fake() -> FakeGemini:
     return FakeGemini()
@@ -146,36 +106,10 @@ def fake() -> FakeGemini:
 @pytest.fixture
 def make_provider(fake: FakeGemini) -> Iterator[Callable[..., GeminiProvider]]:
     """A provider wired to `fake`; `api_base=None` means Google's default."""
-    providers: list[GeminiProvider] = []
-
-    def create(
-        *,
-        model: str = MODEL,
-        api_base: str | None = FAKE_BASE,
-        api_key: str | None = API_KEY,
-        handler: Callable[[httpx.Request], httpx.Response] | None = None,
-        model_info: dict[str, Any] | None = None,
-        **params: Any,
-    ) -> GeminiProvider:
-        if api_base is not None:
-            params["api_base"] = api_base
-        params["api_key"] = api_key
-        deployment = Deployment(
-            model_name="speech",
-            provider="gemini",
-            model=model,
-            params=params,
-            model_info=model_info or {},
-            id="speech#0",
-        )
-        http = httpx.Client(transport=httpx.MockTransport(handler or fake))
-        provider = GeminiProvider(deployment, http=http)
-        providers.append(provider)
-        return provider
-
-    yield create
-    for provider in providers:
-        provider.http.close()
+    with provider_factory(
+        GeminiProvider, fake, model=MODEL, api_base=FAKE_BASE, api_key=API_KEY
+    ) as create:
+        yield create
 
 
 def speech(**overrides: Any) -> SynthesisRequest:
@@ -462,11 +396,8 @@ def test_synthesize_speech_answer_without_usable_audio(
 def test_synthesize_speech_malformed_answer_is_unavailable(
     make_provider: Callable[..., GeminiProvider], content: bytes
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=content, headers={"content-type": "application/json"})
-
     with pytest.raises(ProviderUnavailable):
-        make_provider(handler=handler).synthesize(speech())
+        make_provider(handler=answering(content, "application/json")).synthesize(speech())
 
 
 def test_max_characters_default_and_override(make_provider: Callable[..., GeminiProvider]) -> None:
@@ -475,21 +406,6 @@ def test_max_characters_default_and_override(make_provider: Callable[..., Gemini
 
 
 # Errors: one mapper, every status class.
-
-
-def google_error(
-    status: int,
-    grpc_status: str,
-    message: str,
-    *,
-    details: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> httpx.Response:
-    """An error in Google's envelope."""
-    error: dict[str, Any] = {"code": status, "message": message, "status": grpc_status}
-    if details is not None:
-        error["details"] = details
-    return httpx.Response(status, json={"error": error}, headers=headers)
 
 
 def error_info(reason: str) -> dict[str, Any]:
@@ -530,13 +446,10 @@ def test_provider_error_for_status(
     with pytest.raises(error_class) as caught:
         make_provider().synthesize(speech())
 
-    assert type(caught.value) is error_class
-    assert caught.value.status_code == status
+    assert_status_error(caught.value, error_class, status, API_KEY)
     assert f"gemini HTTP {status}: {grpc_status}: Something about *** went wrong." in str(
         caught.value
     )
-    assert isinstance(caught.value.__cause__, httpx.HTTPStatusError)
-    assert_no_key(caught.value)
 
 
 def test_provider_error_invalid_api_key_is_a_400_but_authentication(
@@ -565,7 +478,7 @@ def test_provider_error_invalid_api_key_is_a_400_but_authentication(
         make_provider().synthesize(speech())
 
     assert caught.value.status_code == 400
-    assert_no_key(caught.value)
+    assert_no_secret(caught.value, API_KEY)
 
 
 @pytest.mark.parametrize(
@@ -655,80 +568,34 @@ def test_provider_error_message_from_other_bodies(
         make_provider(handler=lambda request: response).synthesize(speech())
 
 
-@pytest.mark.parametrize(
-    ("exception", "error_class"),
-    [
-        (httpx.ReadTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectTimeout("timed out"), ProviderTimeout),
-        (httpx.PoolTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectError("[Errno 111] Connection refused"), ProviderUnavailable),
-        (httpx.RemoteProtocolError("peer closed connection"), ProviderUnavailable),
-        (httpx.ReadError("connection reset"), ProviderUnavailable),
-    ],
-)
+@pytest.mark.parametrize(("exception", "error_class"), TRANSPORT_FAILURES)
 def test_provider_error_for_transport_failure(
     make_provider: Callable[..., GeminiProvider],
     exception: httpx.TransportError,
     error_class: type[ProviderError],
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exception
-
     with pytest.raises(error_class) as caught:
-        make_provider(handler=handler).synthesize(speech())
+        make_provider(handler=raising(exception)).synthesize(speech())
 
-    assert caught.value.__cause__ is exception
-    assert caught.value.status_code is None
-    assert_no_key(caught.value)
+    assert_transport_error(caught.value, exception, API_KEY)
 
 
 def test_provider_error_connection_refused_over_real_sockets() -> None:
-    with socket.socket() as sock:  # bind a port, then release it: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    deployment = Deployment(
-        model_name="speech",
-        provider="gemini",
+    provider = standalone_provider(
+        GeminiProvider,
         model=MODEL,
-        params={"api_base": f"http://127.0.0.1:{port}", "api_key": API_KEY, "timeout": 5},
+        api_base=f"http://127.0.0.1:{unused_port()}",
+        api_key=API_KEY,
+        timeout=5,
     )
-    with GeminiProvider(deployment) as provider, pytest.raises(ProviderUnavailable) as caught:
-        provider.synthesize(speech())
-
-    assert isinstance(caught.value.__cause__, httpx.ConnectError)
-    assert_no_key(caught.value)
+    assert_connection_refused(provider, speech(), API_KEY)
 
 
 def test_map_google_error_every_status_class() -> None:
-    request = httpx.Request("POST", f"{FAKE_BASE}/v1beta/models/{MODEL}:generateContent")
-    for status, error_class in [
-        (400, InvalidInput),
-        (401, AuthenticationFailed),
-        (403, AuthenticationFailed),
-        (404, UnsupportedFeature),
-        (408, ProviderTimeout),
-        (409, ProviderUnavailable),
-        (413, InvalidInput),
-        (415, InvalidInput),
-        (422, InvalidInput),
-        (429, RateLimited),
-        (500, ProviderUnavailable),
-        (502, ProviderUnavailable),
-        (503, ProviderUnavailable),
-        (504, ProviderTimeout),
-        (302, ProviderUnavailable),
-    ]:
-        # No gRPC status: the HTTP code alone decides.
-        response = httpx.Response(status, json={"error": {"message": "m"}}, request=request)
-        exc = httpx.HTTPStatusError("status", request=request, response=response)
-        assert type(map_google_error(exc)) is error_class, status
-
-
-def assert_no_key(error: BaseException) -> None:
-    """The key is in no message along the chain: not ours, not httpx's."""
-    seen: BaseException | None = error
-    while seen is not None:
-        assert API_KEY not in str(seen)
-        assert API_KEY not in repr(seen)
-        assert API_KEY not in getattr(seen, "message", "")
-        seen = seen.__cause__
+    # No gRPC status: the HTTP code alone decides.
+    assert_status_classes(
+        map_google_error,
+        [*HTTP_STATUS_ERRORS, (504, ProviderTimeout), (302, ProviderUnavailable)],
+        url=f"{FAKE_BASE}/v1beta/models/{MODEL}:generateContent",
+        json={"error": {"message": "m"}},
+    )

@@ -3,32 +3,45 @@
 from __future__ import annotations
 
 import email.utils
-import io
 import json
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import python_multipart
 
-from worker.providers.base import (
-    Deployment,
-    SynthesisRequest,
-    TranscriptionRequest,
-    TranscriptSegment,
+from tests.worker.provider_fakes import (
+    AUDIO_BYTES,
+    HTTP_STATUS_ERRORS,
+    OPENAI_AUDIO,
+    OPENAI_SEGMENTS,
+    OPENAI_SPEECH_FIELDS,
+    OPENAI_TRANSCRIPT,
+    TRANSPORT_FAILURES,
+    Answer,
+    RecordingServer,
+    Upload,
+    answering,
+    assert_connection_refused,
+    assert_status_classes,
+    assert_status_error,
+    assert_transport_error,
+    check_openai_speech,
+    check_openai_transcription,
+    openai_transcription_answer,
+    parse_multipart,
+    provider_factory,
+    raising,
+    serve_recording,
+    standalone_provider,
+    unused_port,
 )
+from worker.providers.base import SynthesisRequest, TranscriptionRequest, TranscriptSegment
 from worker.providers.errors import (
-    AuthenticationFailed,
-    InvalidInput,
     ProviderError,
-    ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
     UnsupportedFeature,
@@ -43,76 +56,6 @@ from worker.providers.openai import (
 
 API_KEY = "sk-test"
 FAKE_BASE = "http://fake.local/v1"
-SPEECH_FIELDS = {"model", "input", "voice", "response_format", "speed"}
-TRANSCRIPTION_FIELDS = {"model", "language", "prompt", "temperature", "response_format"}
-
-# A few real magic numbers, so the bytes at least look like what OpenAI sends.
-FAKE_AUDIO: dict[str, tuple[bytes, str]] = {
-    "mp3": (b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x00" * 8, "audio/mpeg"),
-    "opus": (b"OggS\x00\x02" + b"OpusHead" + bytes(16), "audio/opus"),
-    "aac": (b"\xff\xf1\x50\x80" + bytes(28), "audio/aac"),
-    "flac": (b"fLaC\x00\x00\x00\x22" + bytes(24), "audio/flac"),
-    "wav": (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(24), "audio/wav"),
-    "pcm": (b"\x00\x00\xff\x7f\x01\x80" * 8, "audio/pcm"),
-}
-TRANSCRIPT = "Hello there. General Kenobi."
-VERBOSE_JSON: dict[str, Any] = {
-    "task": "transcribe",
-    "language": "english",
-    "duration": 3.5,
-    "text": TRANSCRIPT,
-    "segments": [
-        {
-            "id": 0,
-            "seek": 0,
-            "start": 0.0,
-            "end": 1.8,
-            "text": " Hello there.",
-            "tokens": [50364, 2425, 456, 13, 50454],
-            "temperature": 0.0,
-            "avg_logprob": -0.21,
-            "compression_ratio": 0.82,
-            "no_speech_prob": 0.01,
-        },
-        {
-            "id": 1,
-            "seek": 0,
-            "start": 1.8,
-            "end": 3.5,
-            "text": " General Kenobi.",
-            "tokens": [50454, 6996, 8273, 996, 13, 50539],
-            "temperature": 0.0,
-            "avg_logprob": -0.35,
-            "compression_ratio": 0.82,
-            "no_speech_prob": 0.02,
-        },
-    ],
-    "usage": {"type": "duration", "seconds": 4},
-}
-SRT = (
-    "1\n00:00:00,000 --> 00:00:01,800\nHello there.\n\n"
-    "2\n00:00:01,800 --> 00:00:03,500\nGeneral Kenobi.\n\n"
-)
-VTT = (
-    "WEBVTT\n\n"
-    "00:00:00.000 --> 00:00:01.800\nHello there.\n\n"
-    "00:00:01.800 --> 00:00:03.500\nGeneral Kenobi.\n\n"
-)
-EXPECTED_SEGMENTS = (
-    TranscriptSegment(start=0.0, end=1.8, text="Hello there."),
-    TranscriptSegment(start=1.8, end=3.5, text="General Kenobi."),
-)
-# Bytes that trip careless multipart handling: CRLFs, a fake boundary, every byte value.
-AUDIO_BYTES = b"RIFF\x00\x00WAVE\r\n--boundary\r\n\r\n" + bytes(range(256)) * 64
-
-
-@dataclass
-class Upload:
-    fields: dict[str, str]
-    file_field: str
-    filename: str
-    content_type: str | None
-    data: bytes
 
 
 @dataclass
@@ -124,49 +67,6 @@ class Call:
     json: dict[str, Any] | None = None
     upload: Upload | None = None
     timeout: dict[str, float | None] = field(default_factory=dict)
-
-
-def parse_multipart(headers: Any, body: bytes) -> Upload:
-    """Decode a multipart/form-data body with python-multipart, as starlette does."""
-    fields: dict[str, str] = {}
-    files: list[Any] = []
-
-    def on_field(item: Any) -> None:
-        fields[item.field_name.decode()] = (item.value or b"").decode()
-
-    def on_file(item: Any) -> None:
-        files.append(item)
-
-    python_multipart.parse_form(
-        {
-            "Content-Type": headers["content-type"].encode(),
-            "Content-Length": str(len(body)).encode(),
-        },
-        io.BytesIO(body),
-        on_field,
-        on_file,
-    )
-    assert len(files) == 1, "exactly one file part"
-    part = files[0]
-    part.file_object.seek(0)
-    data = part.file_object.read()
-    part.close()
-    content_type = part.content_type or None
-    return Upload(fields, part.field_name.decode(), part.file_name.decode(), content_type, data)
-
-
-def transcription_answer(response_format: str) -> tuple[bytes, str]:
-    """What OpenAI answers for each transcription `response_format`."""
-    if response_format == "json":
-        body = {"text": TRANSCRIPT, "usage": {"type": "duration", "seconds": 4}}
-        return json.dumps(body).encode(), "application/json"
-    if response_format == "verbose_json":
-        return json.dumps(VERBOSE_JSON).encode(), "application/json"
-    if response_format == "srt":
-        return SRT.encode(), "text/plain; charset=utf-8"
-    if response_format == "vtt":
-        return VTT.encode(), "text/plain; charset=utf-8"
-    return f"{TRANSCRIPT}\n".encode(), "text/plain; charset=utf-8"
 
 
 class FakeOpenAI:
@@ -201,23 +101,15 @@ class FakeOpenAI:
         raise AssertionError(f"unexpected URL {request.url}")
 
     def answer_speech(self, request: httpx.Request, call: Call) -> httpx.Response:
-        assert request.headers["content-type"] == "application/json"
-        body = json.loads(request.content)
-        assert SPEECH_FIELDS <= body.keys() <= SPEECH_FIELDS | {"instructions"}
-        assert isinstance(body["input"], str) and isinstance(body["speed"], float)
-        call.json = body
-        audio, content_type = FAKE_AUDIO[body["response_format"]]
+        call.json = body = check_openai_speech(request)
+        audio, content_type = OPENAI_AUDIO[body["response_format"]]
         return httpx.Response(
             200, content=audio, headers={"content-type": content_type, "x-request-id": "req_speech"}
         )
 
     def answer_transcription(self, request: httpx.Request, call: Call) -> httpx.Response:
-        assert request.headers["content-type"].startswith("multipart/form-data; boundary=")
-        upload = parse_multipart(request.headers, request.content)
-        assert upload.file_field == "file"
-        assert {"model", "response_format"} <= upload.fields.keys() <= TRANSCRIPTION_FIELDS
-        call.upload = upload
-        content, content_type = transcription_answer(upload.fields["response_format"])
+        call.upload = upload = check_openai_transcription(request)
+        content, content_type = openai_transcription_answer(upload.fields["response_format"])
         return httpx.Response(
             200, content=content, headers={"content-type": content_type, "x-request-id": "req_stt"}
         )
@@ -231,30 +123,10 @@ def fake() -> FakeOpenAI:
 @pytest.fixture
 def make_provider(fake: FakeOpenAI) -> Iterator[Callable[..., OpenAIProvider]]:
     """Build a provider wired to `fake`; `api_base=None` means OpenAI's default."""
-    providers: list[OpenAIProvider] = []
-
-    def create(
-        *,
-        model: str = "tts-1",
-        api_base: str | None = FAKE_BASE,
-        api_key: str | None = API_KEY,
-        handler: Callable[[httpx.Request], httpx.Response] | None = None,
-        **params: Any,
-    ) -> OpenAIProvider:
-        if api_base is not None:
-            params["api_base"] = api_base
-        params["api_key"] = api_key
-        deployment = Deployment(
-            model_name="speech", provider="openai", model=model, params=params, id="speech#0"
-        )
-        http = httpx.Client(transport=httpx.MockTransport(handler or fake))
-        provider = OpenAIProvider(deployment, http=http)
-        providers.append(provider)
-        return provider
-
-    yield create
-    for provider in providers:
-        provider.http.close()
+    with provider_factory(
+        OpenAIProvider, fake, model="tts-1", api_base=FAKE_BASE, api_key=API_KEY
+    ) as create:
+        yield create
 
 
 @pytest.fixture
@@ -297,7 +169,7 @@ def test_synthesize_speech_each_format(
         "response_format": audio_format,
         "speed": 1.25,
     }
-    assert result.audio == FAKE_AUDIO[audio_format][0]
+    assert result.audio == OPENAI_AUDIO[audio_format][0]
     assert result.audio_format == audio_format
     assert result.sample_rate == (24000 if audio_format == "pcm" else None)
     assert result.characters == len("Hello, world.")
@@ -323,7 +195,7 @@ def test_synthesize_speech_instructions_only_when_set(
     without, with_instructions = (call.json or {} for call in fake.calls)
     assert "instructions" not in without
     assert with_instructions["instructions"] == "Speak like a pirate."
-    assert with_instructions.keys() == SPEECH_FIELDS | {"instructions"}
+    assert with_instructions.keys() == OPENAI_SPEECH_FIELDS | {"instructions"}
 
 
 @pytest.mark.parametrize(
@@ -349,7 +221,7 @@ def test_synthesize_speech_without_api_key_sends_no_authorization(
     fake = FakeOpenAI(api_key=None)  # asserts the header is absent
     result = make_provider(api_key=None, handler=fake).synthesize(speech())
 
-    assert result.audio == FAKE_AUDIO["mp3"][0]
+    assert result.audio == OPENAI_AUDIO["mp3"][0]
     assert len(fake.calls) == 1
 
 
@@ -384,11 +256,8 @@ def test_synthesize_speech_default_timeout_is_the_clients(
 def test_synthesize_speech_non_audio_answer_is_unavailable(
     make_provider: Callable[..., OpenAIProvider], content: bytes, content_type: str
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=content, headers={"content-type": content_type})
-
     with pytest.raises(ProviderUnavailable, match="expected mp3 audio"):
-        make_provider(handler=handler).synthesize(speech())
+        make_provider(handler=answering(content, content_type)).synthesize(speech())
 
 
 # Speech to text.
@@ -406,7 +275,7 @@ def test_transcribe_audio_json(
     assert call.upload.filename == "clip.wav"
     assert call.upload.content_type in {"audio/x-wav", "audio/wav"}
     assert call.upload.data == AUDIO_BYTES
-    assert result.text == TRANSCRIPT
+    assert result.text == OPENAI_TRANSCRIPT
     assert result.segments == ()
     assert result.language is None and result.duration_seconds is None
     assert result.request_id == "req_stt"
@@ -442,10 +311,10 @@ def test_transcribe_audio_verbose_json(
 
     assert fake.calls[0].upload is not None
     assert fake.calls[0].upload.fields["response_format"] == "verbose_json"
-    assert result.text == TRANSCRIPT
+    assert result.text == OPENAI_TRANSCRIPT
     assert result.language == "english"
     assert result.duration_seconds == 3.5
-    assert result.segments == EXPECTED_SEGMENTS
+    assert result.segments == OPENAI_SEGMENTS
     assert result.request_id == "req_stt"
 
 
@@ -457,7 +326,7 @@ def test_transcribe_audio_subtitles_ask_for_verbose_json(
 
     assert fake.calls[0].upload is not None
     assert fake.calls[0].upload.fields["response_format"] == "verbose_json"
-    assert result.segments == EXPECTED_SEGMENTS
+    assert result.segments == OPENAI_SEGMENTS
 
 
 @pytest.mark.parametrize("wanted", ["text", "json"])
@@ -478,7 +347,7 @@ def test_transcribe_audio_deployment_forced_text(
 
     assert fake.calls[0].upload is not None
     assert fake.calls[0].upload.fields["response_format"] == "text"
-    assert result.text == TRANSCRIPT  # the trailing newline is gone
+    assert result.text == OPENAI_TRANSCRIPT  # the trailing newline is gone
     assert result.segments == ()
 
 
@@ -490,18 +359,18 @@ def test_transcribe_audio_deployment_forced_subtitles(
 
     assert fake.calls[0].upload is not None
     assert fake.calls[0].upload.fields["response_format"] == forced
-    assert result.segments == EXPECTED_SEGMENTS
-    assert result.text == TRANSCRIPT
+    assert result.segments == OPENAI_SEGMENTS
+    assert result.text == OPENAI_TRANSCRIPT
 
 
 def test_transcribe_audio_text_answered_as_json_string(
     make_provider: Callable[..., OpenAIProvider], audio_path: Path
 ) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=f"{TRANSCRIPT}\n")
+        return httpx.Response(200, json=f"{OPENAI_TRANSCRIPT}\n")
 
     provider = make_provider(response_format="text", handler=handler)
-    assert provider.transcribe(transcription(audio_path)).text == TRANSCRIPT
+    assert provider.transcribe(transcription(audio_path)).text == OPENAI_TRANSCRIPT
 
 
 def test_transcribe_audio_filename_borrows_the_file_extension(
@@ -525,11 +394,9 @@ def test_transcribe_audio_filename_borrows_the_file_extension(
 def test_transcribe_audio_unexpected_json_is_unavailable(
     make_provider: Callable[..., OpenAIProvider], audio_path: Path, content: bytes
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=content, headers={"content-type": "application/json"})
-
+    provider = make_provider(handler=answering(content, "application/json"))
     with pytest.raises(ProviderUnavailable):
-        make_provider(handler=handler).transcribe(transcription(audio_path))
+        provider.transcribe(transcription(audio_path))
 
 
 def test_choose_transcription_format() -> None:
@@ -549,22 +416,6 @@ def test_parse_subtitles_vtt_without_hours_and_cue_settings() -> None:
 
 # Errors: one mapper, every status class, both calls.
 
-STATUS_ERRORS: list[tuple[int, type[ProviderError]]] = [
-    (400, InvalidInput),
-    (401, AuthenticationFailed),
-    (403, AuthenticationFailed),
-    (404, UnsupportedFeature),
-    (408, ProviderTimeout),
-    (409, ProviderUnavailable),
-    (413, InvalidInput),
-    (415, InvalidInput),
-    (422, InvalidInput),
-    (429, RateLimited),
-    (500, ProviderUnavailable),
-    (502, ProviderUnavailable),
-    (503, ProviderUnavailable),
-]
-
 
 def openai_error(status: int, message: str, **headers: str) -> httpx.Response:
     """An error in OpenAI's envelope."""
@@ -581,7 +432,7 @@ def call_provider(provider: OpenAIProvider, kind: str, audio_path: Path) -> None
 
 
 @pytest.mark.parametrize("kind", ["speech", "transcription"])
-@pytest.mark.parametrize(("status", "error_class"), STATUS_ERRORS)
+@pytest.mark.parametrize(("status", "error_class"), HTTP_STATUS_ERRORS)
 def test_provider_error_for_status(
     fake: FakeOpenAI,
     make_provider: Callable[..., OpenAIProvider],
@@ -596,12 +447,9 @@ def test_provider_error_for_status(
     with pytest.raises(error_class) as caught:
         call_provider(make_provider(), kind, audio_path)
 
-    assert type(caught.value) is error_class
-    assert caught.value.status_code == status
+    assert_status_error(caught.value, error_class, status, API_KEY)
     assert "Incorrect API key provided: ***. Try again." in str(caught.value)
     assert f"HTTP {status}" in str(caught.value)
-    assert isinstance(caught.value.__cause__, httpx.HTTPStatusError)
-    assert_no_key(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -662,17 +510,7 @@ def test_provider_error_message_from_non_openai_bodies(
         make_provider(handler=lambda request: response).synthesize(speech())
 
 
-@pytest.mark.parametrize(
-    ("exception", "error_class"),
-    [
-        (httpx.ReadTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectTimeout("timed out"), ProviderTimeout),
-        (httpx.PoolTimeout("timed out"), ProviderTimeout),
-        (httpx.ConnectError("[Errno 111] Connection refused"), ProviderUnavailable),
-        (httpx.RemoteProtocolError("peer closed connection"), ProviderUnavailable),
-        (httpx.ReadError("connection reset"), ProviderUnavailable),
-    ],
-)
+@pytest.mark.parametrize(("exception", "error_class"), TRANSPORT_FAILURES)
 @pytest.mark.parametrize("kind", ["speech", "transcription"])
 def test_provider_error_for_transport_failure(
     make_provider: Callable[..., OpenAIProvider],
@@ -681,122 +519,68 @@ def test_provider_error_for_transport_failure(
     exception: httpx.TransportError,
     error_class: type[ProviderError],
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exception
-
     with pytest.raises(error_class) as caught:
-        call_provider(make_provider(handler=handler), kind, audio_path)
+        call_provider(make_provider(handler=raising(exception)), kind, audio_path)
 
-    assert caught.value.__cause__ is exception
-    assert caught.value.status_code is None
-    assert_no_key(caught.value)
+    assert_transport_error(caught.value, exception, API_KEY)
 
 
 def test_provider_error_connection_refused_over_real_sockets() -> None:
-    with socket.socket() as sock:  # bind a port, then release it: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    deployment = Deployment(
-        model_name="speech",
-        provider="openai",
+    provider = standalone_provider(
+        OpenAIProvider,
         model="tts-1",
-        params={"api_base": f"http://127.0.0.1:{port}/v1", "api_key": API_KEY, "timeout": 5},
+        api_base=f"http://127.0.0.1:{unused_port()}/v1",
+        api_key=API_KEY,
+        timeout=5,
     )
-    with OpenAIProvider(deployment) as provider, pytest.raises(ProviderUnavailable) as caught:
-        provider.synthesize(speech())
-
-    assert isinstance(caught.value.__cause__, httpx.ConnectError)
-    assert_no_key(caught.value)
+    assert_connection_refused(provider, speech(), API_KEY)
 
 
 def test_map_openai_error_every_status_class() -> None:
+    assert_status_classes(
+        map_openai_error,
+        [*HTTP_STATUS_ERRORS, (504, ProviderUnavailable), (302, ProviderUnavailable)],
+        url=f"{FAKE_BASE}/audio/speech",
+        json={"error": {"message": "m"}},
+    )
+
+
+def test_map_openai_error_label_and_secrets() -> None:
     request = httpx.Request("POST", f"{FAKE_BASE}/audio/speech")
-    for status, error_class in [
-        *STATUS_ERRORS,
-        (504, ProviderUnavailable),
-        (302, ProviderUnavailable),
-    ]:
-        response = httpx.Response(status, json={"error": {"message": "m"}}, request=request)
-        exc = httpx.HTTPStatusError("status", request=request, response=response)
-        assert type(map_openai_error(exc)) is error_class, status
+    exc = httpx.ConnectError(f"refused for {API_KEY} and tok-1", request=request)
 
+    error = map_openai_error(exc, label="azure", secrets=[API_KEY, None, "tok-1"])
 
-def assert_no_key(error: BaseException) -> None:
-    """The key is in no message along the chain: not ours, not httpx's."""
-    seen: BaseException | None = error
-    while seen is not None:
-        assert API_KEY not in str(seen)
-        assert API_KEY not in repr(seen)
-        assert API_KEY not in getattr(seen, "message", "")
-        seen = seen.__cause__
+    assert str(error) == "azure: could not reach the server (ConnectError: refused for *** and ***)"
 
 
 # Real HTTP: the provider's own httpx client against a tiny server on a socket.
 
 
-class RecordingHandler(BaseHTTPRequestHandler):
-    """A minimal /v1/audio/* server. It only records; the test thread asserts."""
-
-    server: RecordingServer
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        body = self.rfile.read(length)
-        self.server.records.append((self.path, dict(self.headers.items()), body))
-        if self.path == "/v1/audio/speech":
-            audio_format = json.loads(body)["response_format"]
-            content, content_type = FAKE_AUDIO[audio_format]
-        elif self.path == "/v1/audio/transcriptions":
-            content, content_type = transcription_answer("verbose_json")
-        else:
-            content, content_type = b'{"error": {"message": "no such route"}}', "application/json"
-            self.send_response(404)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            self.wfile.write(content)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(content)))
-        self.send_header("x-request-id", "req_real")
-        self.end_headers()
-        self.wfile.write(content)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep pytest output clean
-
-
-class RecordingServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), RecordingHandler)
-        self.records: list[tuple[str, dict[str, str], bytes]] = []
+def answer_real_request(path: str, headers: httpx.Headers, body: bytes) -> Answer:
+    """A minimal /v1/audio/* server."""
+    if path == "/v1/audio/speech":
+        content, content_type = OPENAI_AUDIO[json.loads(body)["response_format"]]
+    elif path == "/v1/audio/transcriptions":
+        content, content_type = openai_transcription_answer("verbose_json")
+    else:
+        error = b'{"error": {"message": "no such route"}}'
+        return 404, {"Content-Type": "application/json"}, error
+    return 200, {"Content-Type": content_type, "x-request-id": "req_real"}, content
 
 
 @pytest.fixture
 def real_server() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_recording(answer_real_request) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def real_provider(server: RecordingServer, **params: Any) -> OpenAIProvider:
     host, port = server.server_address[:2]
-    deployment = Deployment(
-        model_name="speech",
-        provider="openai",
-        model="tts-1",
-        params={"api_base": f"http://{host!s}:{port}/v1/", "api_key": API_KEY, **params},
+    api_base = f"http://{host!s}:{port}/v1/"
+    return standalone_provider(
+        OpenAIProvider, model="tts-1", api_base=api_base, api_key=API_KEY, **params
     )
-    return OpenAIProvider(deployment)  # its default httpx client
 
 
 def test_synthesize_speech_over_real_http(real_server: RecordingServer) -> None:
@@ -815,7 +599,7 @@ def test_synthesize_speech_over_real_http(real_server: RecordingServer) -> None:
         "speed": 1.0,
         "instructions": "Calmly.",
     }
-    assert result.audio == FAKE_AUDIO["pcm"][0]
+    assert result.audio == OPENAI_AUDIO["pcm"][0]
     assert result.sample_rate == 24000
     assert result.request_id == "req_real"
 
@@ -831,17 +615,13 @@ def test_transcribe_audio_over_real_http(real_server: RecordingServer, audio_pat
     upload = parse_multipart(httpx.Headers(headers), body)
     assert upload.fields == {"model": "whisper-1", "response_format": "verbose_json"}
     assert (upload.file_field, upload.filename, upload.data) == ("file", "clip.wav", AUDIO_BYTES)
-    assert result.segments == EXPECTED_SEGMENTS
+    assert result.segments == OPENAI_SEGMENTS
 
 
 def test_provider_error_over_real_http(real_server: RecordingServer) -> None:
-    deployment = Deployment(
-        model_name="speech",
-        provider="openai",
-        model="tts-1",
-        params={"api_base": f"http://127.0.0.1:{real_server.server_address[1]}/v2"},
-    )
-    with OpenAIProvider(deployment) as provider, pytest.raises(UnsupportedFeature) as caught:
+    api_base = f"http://127.0.0.1:{real_server.server_address[1]}/v2"
+    provider = standalone_provider(OpenAIProvider, model="tts-1", api_base=api_base)
+    with provider, pytest.raises(UnsupportedFeature) as caught:
         provider.synthesize(speech())
 
     assert "no such route" in str(caught.value)

@@ -20,7 +20,14 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.worker.test_gemini_provider import PCM, check_speech_body, gemini_answer
+from tests.worker.provider_fakes import (
+    PCM,
+    assert_no_secret,
+    check_speech_body,
+    gemini_answer,
+    google_error,
+    provider_factory,
+)
 from worker.providers.base import Deployment, SynthesisRequest
 from worker.providers.errors import (
     AuthenticationFailed,
@@ -55,6 +62,8 @@ PRIVATE_KEY_PEM = PRIVATE_KEY.private_bytes(
     serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
 ).decode()
 PRIVATE_KEY_BODY = PRIVATE_KEY_PEM.splitlines()[1]  # a line of the key itself, for leak checks
+# No key, token or private key may show in any message along the chain.
+SECRETS = (API_KEY, "ya29.fake-access-token", PRIVATE_KEY_BODY, "PRIVATE KEY")
 SERVICE_ACCOUNT_INFO: dict[str, Any] = {
     "type": "service_account",
     "project_id": PROJECT,
@@ -204,37 +213,16 @@ def fake() -> FakeGoogleCloud:
 
 @pytest.fixture
 def make_provider(fake: FakeGoogleCloud) -> Iterator[Callable[..., VertexAIProvider]]:
-    """A provider wired to `fake`. Cloud TTS models talk to TTS_BASE unless told otherwise."""
-    providers: list[VertexAIProvider] = []
+    """A provider wired to `fake`. Cloud TTS models talk to TTS_BASE unless told otherwise;
+    `vertex_credentials=None` leaves the service account out."""
+    with provider_factory(VertexAIProvider, fake, vertex_credentials=SERVICE_ACCOUNT_INFO) as build:
 
-    def create(
-        *,
-        model: str = "chirp",
-        handler: Callable[[httpx.Request], httpx.Response] | None = None,
-        model_info: dict[str, Any] | None = None,
-        **params: Any,
-    ) -> VertexAIProvider:
-        params.setdefault("vertex_credentials", SERVICE_ACCOUNT_INFO)
-        if params["vertex_credentials"] is None:
-            del params["vertex_credentials"]
-        if not is_gemini_model(model):
-            params.setdefault("api_base", TTS_BASE)
-        deployment = Deployment(
-            model_name="speech",
-            provider="vertex_ai",
-            model=model,
-            params=params,
-            model_info=model_info or {},
-            id="speech#0",
-        )
-        http = httpx.Client(transport=httpx.MockTransport(handler or fake))
-        provider = VertexAIProvider(deployment, http=http)
-        providers.append(provider)
-        return provider
+        def create(*, model: str = "chirp", **params: Any) -> VertexAIProvider:
+            if not is_gemini_model(model):
+                params.setdefault("api_base", TTS_BASE)
+            return build(model=model, **params)
 
-    yield create
-    for provider in providers:
-        provider.http.close()
+        yield create
 
 
 def speech(**overrides: Any) -> SynthesisRequest:
@@ -390,7 +378,7 @@ def test_vertex_credentials_unusable_is_authentication_failed(
         make_provider(vertex_credentials=credentials).synthesize(speech())
 
     assert fake.token_requests == [] and fake.calls == []
-    assert_no_secret(caught.value)
+    assert_no_secret(caught.value, *SECRETS)
 
 
 def test_synthesize_cloud_tts_with_api_key(make_provider: Callable[..., VertexAIProvider]) -> None:
@@ -649,12 +637,6 @@ def test_synthesize_gemini_on_vertex_answer_without_audio(
 # Errors: the API's statuses, the token endpoint's, transport failures; no secret leaks.
 
 
-def google_error(status: int, grpc_status: str, message: str) -> httpx.Response:
-    return httpx.Response(
-        status, json={"error": {"code": status, "message": message, "status": grpc_status}}
-    )
-
-
 STATUS_ERRORS: list[tuple[int, str, type[ProviderError]]] = [
     (400, "INVALID_ARGUMENT", InvalidInput),
     (400, "FAILED_PRECONDITION", UnsupportedFeature),
@@ -691,7 +673,7 @@ def test_provider_error_for_status(
     assert f"vertex_ai HTTP {status}: {grpc_status}: Request had invalid credentials: ***." in str(
         caught.value
     )
-    assert_no_secret(caught.value)
+    assert_no_secret(caught.value, *SECRETS)
 
 
 def test_provider_error_api_key_redacted(make_provider: Callable[..., VertexAIProvider]) -> None:
@@ -702,7 +684,7 @@ def test_provider_error_api_key_redacted(make_provider: Callable[..., VertexAIPr
     with pytest.raises(AuthenticationFailed) as caught:
         make_provider(vertex_credentials=None, api_key=API_KEY, handler=fake).synthesize(speech())
 
-    assert_no_secret(caught.value)
+    assert_no_secret(caught.value, *SECRETS)
 
 
 @pytest.mark.parametrize(
@@ -753,7 +735,7 @@ def test_provider_error_from_token_endpoint(
     assert len(fake.token_requests) == 1
     assert time.monotonic() - started < 1.0
     assert fake.calls == []
-    assert_no_secret(caught.value)
+    assert_no_secret(caught.value, *SECRETS)
 
 
 @pytest.mark.parametrize(
@@ -781,16 +763,4 @@ def test_provider_error_for_transport_failure(
 
     assert caught.value.__cause__ is not None
     assert caught.value.status_code is None
-    assert_no_secret(caught.value)
-
-
-def assert_no_secret(error: BaseException) -> None:
-    """No key, token or private key in any message along the chain."""
-    seen: BaseException | None = error
-    while seen is not None:
-        for text in (str(seen), repr(seen), getattr(seen, "message", "")):
-            assert API_KEY not in text
-            assert "ya29.fake-access-token" not in text
-            assert PRIVATE_KEY_BODY not in text
-            assert "PRIVATE KEY" not in text
-        seen = seen.__cause__
+    assert_no_secret(caught.value, *SECRETS)

@@ -48,6 +48,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from worker.providers._http import STATUS_ERRORS, parse_retry_after_s, redact
 from worker.providers.base import Deployment, SpeechProvider, SynthesisRequest, SynthesisResult
 from worker.providers.errors import (
     AuthenticationFailed,
@@ -58,7 +59,6 @@ from worker.providers.errors import (
     RateLimited,
     UnsupportedFeature,
 )
-from worker.providers.openai import parse_retry_after_s
 
 __all__ = [
     "DEFAULT_REGION",
@@ -211,17 +211,7 @@ _CODE_ERRORS: dict[str, type[ProviderError]] = {
     ),
     **dict.fromkeys(("RequestTimeout", "RequestTimeoutException"), ProviderTimeout),
 }
-_STATUS_ERRORS: dict[int, type[ProviderError]] = {
-    400: InvalidInput,
-    401: AuthenticationFailed,
-    403: AuthenticationFailed,
-    404: UnsupportedFeature,
-    408: ProviderTimeout,
-    413: InvalidInput,
-    415: InvalidInput,
-    422: InvalidInput,
-    429: RateLimited,
-}
+_STATUS_ERRORS: dict[int, type[ProviderError]] = {**STATUS_ERRORS, 429: RateLimited}
 # Characters XML 1.0 forbids; Polly would answer InvalidSsmlException for unspeakable bytes.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _SECRET_PARAMS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
@@ -344,11 +334,9 @@ def map_polly_error(
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return AuthenticationFailed(f"aws_polly: no usable AWS credentials ({name})")
     if isinstance(exc, ParamValidationError):
-        return InvalidInput(_redact(f"aws_polly: {exc}", secrets))
+        return InvalidInput(redact(f"aws_polly: {exc}", secrets))
     # EndpointConnectionError, ConnectionClosedError, ResponseStreamingError, SSL errors...
-    return ProviderUnavailable(
-        _redact(f"aws_polly: could not reach Polly ({name}: {exc})", secrets)
-    )
+    return ProviderUnavailable(redact(f"aws_polly: could not reach Polly ({name}: {exc})", secrets))
 
 
 def _map_client_error(exc: ClientError, secrets: tuple[str, ...]) -> ProviderError:
@@ -357,7 +345,7 @@ def _map_client_error(exc: ClientError, secrets: tuple[str, ...]) -> ProviderErr
     code = str(error.get("Code") or "")
     status = metadata.get("HTTPStatusCode")
     detail = error.get("Message") or exc.response.get("message") or "no message"
-    message = _redact(f"aws_polly HTTP {status} {code}: {detail}", secrets)
+    message = redact(f"aws_polly HTTP {status} {code}: {detail}", secrets)
     error_class = _CODE_ERRORS.get(code) or _STATUS_ERRORS.get(status or 0, ProviderUnavailable)
     if error_class is RateLimited:
         headers: Mapping[str, str] = metadata.get("HTTPHeaders") or {}
@@ -391,9 +379,3 @@ def _create_client(params: Mapping[str, Any]) -> BaseClient:
     return session.client(
         "polly", region_name=region, endpoint_url=params.get("api_base") or None, config=config
     )
-
-
-def _redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text

@@ -20,21 +20,14 @@ Docs followed:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx
 
-from worker.providers.base import (
-    Deployment,
-    SynthesisRequest,
-    SynthesisResult,
-    TranscriptionRequest,
-    TranscriptionResult,
-)
-from worker.providers.errors import ProviderError, UnsupportedFeature
+from worker.providers.base import Deployment
+from worker.providers.errors import UnsupportedFeature
 from worker.providers.openai import OpenAIProvider
 
 __all__ = ["DEFAULT_API_VERSION", "AzureOpenAIProvider"]
@@ -65,14 +58,6 @@ class AzureOpenAIProvider(OpenAIProvider):
         deployment_path = quote(deployment.model, safe="")
         self.api_base = f"{deployment.api_base.rstrip('/')}/openai/deployments/{deployment_path}"
 
-    def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
-        with self._azure_errors():
-            return super().synthesize(request)
-
-    def transcribe(self, request: TranscriptionRequest) -> TranscriptionResult:
-        with self._azure_errors():
-            return super().transcribe(request)
-
     def _post(
         self,
         path: str,
@@ -94,19 +79,6 @@ class AzureOpenAIProvider(OpenAIProvider):
             return {"api-key": self.deployment.api_key}
         return {}
 
-    @contextmanager
-    def _azure_errors(self) -> Iterator[None]:
-        """Name Azure in error messages and mask the Entra token, which the shared mapper
-        does not know about. (A `label`/`secrets` hook in openai.py would replace this.)"""
-        try:
-            yield
-        except ProviderError as exc:
-            message = exc.message
-            if message.startswith("openai"):
-                message = self.name + message.removeprefix("openai")
-            token = self.deployment.params.get("azure_ad_token")
-            if token:
-                message = message.replace(str(token), "***")
-            exc.message = message
-            exc.args = (message,)
-            raise
+    def _secrets(self) -> list[str | None]:
+        token = self.deployment.params.get("azure_ad_token")
+        return [*super()._secrets(), str(token) if token else None]

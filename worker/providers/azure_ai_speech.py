@@ -48,6 +48,13 @@ from xml.sax.saxutils import escape
 import httpx
 
 from speechq import __version__
+from worker.providers._http import (
+    map_http_error,
+    parse_timeout_s,
+    post,
+    read_error_text,
+    read_json,
+)
 from worker.providers.base import (
     Deployment,
     SpeechProvider,
@@ -58,15 +65,11 @@ from worker.providers.base import (
     TranscriptSegment,
 )
 from worker.providers.errors import (
-    AuthenticationFailed,
     InvalidInput,
     ProviderError,
-    ProviderTimeout,
     ProviderUnavailable,
-    RateLimited,
     UnsupportedFeature,
 )
-from worker.providers.openai import parse_retry_after_s
 
 __all__ = [
     "DEFAULT_STT_API_VERSION",
@@ -140,19 +143,6 @@ _REGIONAL_HOST = re.compile(
     r"^(?P<region>[a-z0-9]+)\.(?:tts\.speech|stt\.speech|api\.cognitive)\.(?P<cloud>.+)$"
 )
 
-_STATUS_ERRORS: dict[int, type[ProviderError]] = {
-    400: InvalidInput,  # bad SSML, unknown voice, unreadable audio
-    401: AuthenticationFailed,  # wrong key, or a key for another region
-    403: AuthenticationFailed,
-    404: UnsupportedFeature,  # wrong endpoint, or a feature this region lacks
-    408: ProviderTimeout,
-    409: ProviderUnavailable,
-    413: InvalidInput,  # audio over 200 MB
-    415: InvalidInput,  # audio format the service cannot read
-    422: InvalidInput,
-}
-_MAX_DETAIL_CHARS = 300
-
 
 class AzureSpeechProvider(SpeechProvider):
     """Azure AI Speech neural voices (TTS) and fast transcription (STT)."""
@@ -175,8 +165,7 @@ class AzureSpeechProvider(SpeechProvider):
         self.api_version = str(params.get("api_version") or DEFAULT_STT_API_VERSION)
         # The TTS API requires a User-Agent naming the application, under 255 characters.
         self.user_agent = str(params.get("user_agent") or f"speechq/{__version__}")[:254]
-        timeout = params.get("timeout")
-        self.timeout_s: float | None = float(timeout) if timeout is not None else None
+        self.timeout_s = parse_timeout_s(params)
 
     def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
         """Speak `request.text`; `instructions` is ignored (SSML has no style prompt)."""
@@ -251,20 +240,17 @@ class AzureSpeechProvider(SpeechProvider):
         data: Mapping[str, str] | None = None,
         files: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
-        try:
-            response = self.http.post(
-                url,
-                params=params,
-                content=content,
-                data=data,
-                files=files,
-                headers={**headers, **self._auth_headers()},
-                timeout=self.timeout_s if self.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise map_azure_speech_error(exc, secrets=self._secrets()) from exc
-        return response
+        return post(
+            self.http,
+            url,
+            params=params,
+            content=content,
+            data=data,
+            files=files,
+            headers={**headers, **self._auth_headers()},
+            timeout_s=self.timeout_s,
+            map_error=lambda exc: map_azure_speech_error(exc, secrets=self._secrets()),
+        )
 
     def _auth_headers(self) -> dict[str, str]:
         # An Entra ID token ("aad#<resource id>#<token>" on regional hosts) wins over the key.
@@ -382,34 +368,21 @@ def parse_fast_transcription(response: httpx.Response) -> TranscriptionResult:
 
 
 def map_azure_speech_error(exc: httpx.HTTPError, *, secrets: Iterable[str] = ()) -> ProviderError:
-    """Translate an httpx exception (including `HTTPStatusError`) into a provider error."""
-    secrets = [secret for secret in secrets if secret]
-    if isinstance(exc, httpx.TimeoutException):
-        return ProviderTimeout(f"azure_ai_speech: request timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.HTTPStatusError):
-        response = exc.response
-        status = response.status_code
-        detail = _redact(_read_error_detail(response), secrets)
-        message = f"azure_ai_speech HTTP {status}: {detail}"
-        if status == 429:
-            return RateLimited(message, retry_after_s=parse_retry_after_s(response.headers))
-        # 5xx, and any status nobody documented, may pass on a later try.
-        error_class = _STATUS_ERRORS.get(status, ProviderUnavailable)
-        return error_class(message, status_code=status)
-    return ProviderUnavailable(
-        _redact(
-            f"azure_ai_speech: could not reach the server ({type(exc).__name__}: {exc})", secrets
-        )
+    """Translate an httpx exception (including `HTTPStatusError`) into a provider error.
+
+    The shared status table fits: 400 is bad SSML, an unknown voice or unreadable audio; 401
+    a wrong key or one for another region; 404 a wrong endpoint or a feature this region
+    lacks; 413 audio over 200 MB; 415 an audio format the service cannot read.
+    """
+    return map_http_error(
+        exc, label="azure_ai_speech", read_detail=_read_error_detail, secrets=secrets
     )
 
 
 def _read_error_detail(response: httpx.Response) -> str:
     """The service's words. Speech-to-text answers `{code, message, innerError}`; the API
     gateway answers `{error: {code, message}}`; text-to-speech often sends no body at all."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = read_json(response)
     if isinstance(body, dict):
         error = body["error"] if isinstance(body.get("error"), dict) else body
         message = error.get("message")
@@ -419,14 +392,7 @@ def _read_error_detail(response: httpx.Response) -> str:
                 message = f"{message} ({inner['message']})"
             code = error.get("code")
             return f"{code}: {message}" if isinstance(code, str) and code else message
-    text = response.text.strip()
-    return text[:_MAX_DETAIL_CHARS] if text else response.reason_phrase
-
-
-def _redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
+    return read_error_text(response)
 
 
 def _attr(value: str) -> str:

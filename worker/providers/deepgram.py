@@ -46,6 +46,14 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from worker.providers._http import (
+    STATUS_ERRORS,
+    map_http_error,
+    parse_timeout_s,
+    post,
+    read_error_text,
+    read_json,
+)
 from worker.providers.base import (
     Deployment,
     SpeechProvider,
@@ -57,14 +65,10 @@ from worker.providers.base import (
 )
 from worker.providers.errors import (
     AuthenticationFailed,
-    InvalidInput,
     ProviderError,
-    ProviderTimeout,
     ProviderUnavailable,
-    RateLimited,
     UnsupportedFeature,
 )
-from worker.providers.openai import parse_retry_after_s
 
 __all__ = [
     "DEFAULT_API_BASE",
@@ -113,19 +117,12 @@ DEFAULT_VOICE_MAP: dict[str, str] = {
 
 _SENTENCE_END = (".", "!", "?", "…", "。", "！", "？")
 
+# 400 is bad parameters, corrupt audio or text over the limit; 403 e.g.
+# INSUFFICIENT_PERMISSIONS for the model; the shared table has those right.
 _STATUS_ERRORS: dict[int, type[ProviderError]] = {
-    400: InvalidInput,  # bad parameters, corrupt audio, text over the limit
-    401: AuthenticationFailed,
+    **STATUS_ERRORS,
     402: AuthenticationFailed,  # out of credit: this deployment cannot serve anything
-    403: AuthenticationFailed,  # e.g. INSUFFICIENT_PERMISSIONS for the model
-    404: UnsupportedFeature,
-    408: ProviderTimeout,
-    409: ProviderUnavailable,
-    413: InvalidInput,
-    415: InvalidInput,
-    422: InvalidInput,
 }
-_MAX_DETAIL_CHARS = 300
 
 
 class DeepgramProvider(SpeechProvider):
@@ -140,8 +137,7 @@ class DeepgramProvider(SpeechProvider):
     def __init__(self, deployment: Deployment, http: httpx.Client | None = None) -> None:
         super().__init__(deployment, http)
         self.api_base = _normalize_api_base(deployment.api_base or DEFAULT_API_BASE)
-        timeout = deployment.params.get("timeout")
-        self.timeout_s: float | None = float(timeout) if timeout is not None else None
+        self.timeout_s = parse_timeout_s(deployment.params)
 
     def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
         if not _is_tts_model(request.model):
@@ -228,19 +224,16 @@ class DeepgramProvider(SpeechProvider):
             headers["Authorization"] = f"Token {self.deployment.api_key}"
         if content_type:
             headers["Content-Type"] = content_type
-        try:
-            response = self.http.post(
-                f"{self.api_base}{path}",
-                params=params,
-                json=json,
-                content=content,
-                headers=headers,
-                timeout=self.timeout_s if self.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise map_deepgram_error(exc, api_key=self.deployment.api_key) from exc
-        return response
+        return post(
+            self.http,
+            f"{self.api_base}{path}",
+            params=params,
+            json=json,
+            content=content,
+            headers=headers,
+            timeout_s=self.timeout_s,
+            map_error=lambda exc: map_deepgram_error(exc, api_key=self.deployment.api_key),
+        )
 
 
 def choose_encoding(response_format: str) -> tuple[dict[str, str], str, int | None]:
@@ -253,19 +246,12 @@ def choose_encoding(response_format: str) -> tuple[dict[str, str], str, int | No
 
 def map_deepgram_error(exc: httpx.HTTPError, *, api_key: str | None = None) -> ProviderError:
     """Translate an httpx exception (including `HTTPStatusError`) into a provider error."""
-    if isinstance(exc, httpx.TimeoutException):
-        return ProviderTimeout(f"deepgram: request timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.HTTPStatusError):
-        response = exc.response
-        status = response.status_code
-        message = _redact(f"deepgram HTTP {status}: {_read_error_detail(response)}", api_key)
-        if status == 429:
-            return RateLimited(message, retry_after_s=parse_retry_after_s(response.headers))
-        # 5xx, and any status nobody documented, may pass on a later try.
-        error_class = _STATUS_ERRORS.get(status, ProviderUnavailable)
-        return error_class(message, status_code=status)
-    return ProviderUnavailable(
-        _redact(f"deepgram: could not reach the server ({type(exc).__name__}: {exc})", api_key)
+    return map_http_error(
+        exc,
+        label="deepgram",
+        read_detail=_read_error_detail,
+        status_errors=_STATUS_ERRORS,
+        secrets=[api_key],
     )
 
 
@@ -355,10 +341,7 @@ def _parse_listen(
 
 def _read_error_detail(response: httpx.Response) -> str:
     """The provider's own words from either Deepgram envelope, or what else we got."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = read_json(response)
     if isinstance(body, dict):
         request_id = body.get("request_id")
         suffix = f" [request_id {request_id}]" if isinstance(request_id, str) else ""
@@ -372,8 +355,7 @@ def _read_error_detail(response: httpx.Response) -> str:
             category = body.get("category")
             tail = f" ({category})" if isinstance(category, str) else ""
             return " ".join(parts) + tail + suffix
-    text = response.text.strip()
-    return text[:_MAX_DETAIL_CHARS] if text else response.reason_phrase
+    return read_error_text(response)
 
 
 def _is_tts_model(model: str) -> bool:
@@ -383,8 +365,3 @@ def _is_tts_model(model: str) -> bool:
 def _normalize_api_base(api_base: str) -> str:
     # Paths here carry the /v1; accept a base copied with it (LiteLLM's default has it).
     return api_base.rstrip("/").removesuffix("/v1")
-
-
-def _redact(text: str, secret: str | None) -> str:
-    # A proxy may echo the key back; it must not reach logs or job rows.
-    return text.replace(secret, "***") if secret else text

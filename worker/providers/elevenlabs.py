@@ -39,6 +39,16 @@ from urllib.parse import quote
 
 import httpx
 
+from worker.providers._http import (
+    MAX_DETAIL_CHARS,
+    STATUS_ERRORS,
+    ErrorDetail,
+    map_http_error,
+    parse_timeout_s,
+    post,
+    read_error_text,
+    read_json,
+)
 from worker.providers.base import (
     Deployment,
     SpeechProvider,
@@ -50,14 +60,10 @@ from worker.providers.base import (
 )
 from worker.providers.errors import (
     AuthenticationFailed,
-    InvalidInput,
     ProviderError,
-    ProviderTimeout,
     ProviderUnavailable,
-    RateLimited,
     UnsupportedFeature,
 )
-from worker.providers.openai import parse_retry_after_s
 
 __all__ = [
     "DEFAULT_API_BASE",
@@ -115,24 +121,17 @@ DEFAULT_VOICE_MAP: dict[str, str] = {
 _STT_MODEL_PREFIX = "scribe"
 _SENTENCE_END = (".", "!", "?", "…", "。", "！", "？")
 
+# 400 is e.g. max_character_limit_exceeded, 401 invalid_api_key and also quota_exceeded,
+# 422 FastAPI's validation of the body; the shared table has those right.
 _STATUS_ERRORS: dict[int, type[ProviderError]] = {
-    400: InvalidInput,  # e.g. max_character_limit_exceeded
-    401: AuthenticationFailed,  # invalid_api_key, and also quota_exceeded
+    **STATUS_ERRORS,
     402: AuthenticationFailed,  # the account cannot pay for this: no other try will
-    403: AuthenticationFailed,
-    404: UnsupportedFeature,
-    408: ProviderTimeout,
-    409: ProviderUnavailable,
-    413: InvalidInput,
-    415: InvalidInput,
-    422: InvalidInput,  # FastAPI validation of the body
 }
 # `detail.status` codes that say more than the HTTP status does.
 _DETAIL_STATUS_ERRORS: dict[str, type[ProviderError]] = {
     # The voice id does not exist on this account; another deployment may serve the voice.
     "voice_not_found": UnsupportedFeature,
 }
-_MAX_DETAIL_CHARS = 300
 
 
 class ElevenLabsProvider(SpeechProvider):
@@ -147,8 +146,7 @@ class ElevenLabsProvider(SpeechProvider):
     def __init__(self, deployment: Deployment, http: httpx.Client | None = None) -> None:
         super().__init__(deployment, http)
         self.api_base = _normalize_api_base(deployment.api_base or DEFAULT_API_BASE)
-        timeout = deployment.params.get("timeout")
-        self.timeout_s: float | None = float(timeout) if timeout is not None else None
+        self.timeout_s = parse_timeout_s(deployment.params)
 
     def max_characters(self) -> int | None:
         """`model_info.max_input_characters`, else the documented limit of this model."""
@@ -236,20 +234,17 @@ class ElevenLabsProvider(SpeechProvider):
         headers: dict[str, str] = {}
         if self.deployment.api_key:
             headers["xi-api-key"] = self.deployment.api_key
-        try:
-            response = self.http.post(
-                f"{self.api_base}{path}",
-                params=params,
-                json=json,
-                data=data,
-                files=files,
-                headers=headers,
-                timeout=self.timeout_s if self.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise map_elevenlabs_error(exc, api_key=self.deployment.api_key) from exc
-        return response
+        return post(
+            self.http,
+            f"{self.api_base}{path}",
+            params=params,
+            json=json,
+            data=data,
+            files=files,
+            headers=headers,
+            timeout_s=self.timeout_s,
+            map_error=lambda exc: map_elevenlabs_error(exc, api_key=self.deployment.api_key),
+        )
 
 
 def choose_output_format(response_format: str) -> tuple[str, str, int | None]:
@@ -266,23 +261,16 @@ def model_character_limit(model: str) -> int | None:
 
 
 def map_elevenlabs_error(exc: httpx.HTTPError, *, api_key: str | None = None) -> ProviderError:
-    """Translate an httpx exception (including `HTTPStatusError`) into a provider error."""
-    if isinstance(exc, httpx.TimeoutException):
-        return ProviderTimeout(f"elevenlabs: request timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.HTTPStatusError):
-        response = exc.response
-        status = response.status_code
-        detail_status, detail = _read_error_detail(response)
-        message = _redact(f"elevenlabs HTTP {status}: {detail}", api_key)
-        if status == 429:  # too_many_concurrent_requests or system_busy
-            return RateLimited(message, retry_after_s=parse_retry_after_s(response.headers))
-        error_class = _DETAIL_STATUS_ERRORS.get(detail_status or "") or _STATUS_ERRORS.get(
-            status,
-            ProviderUnavailable,  # 5xx, and any status nobody documented
-        )
-        return error_class(message, status_code=status)
-    return ProviderUnavailable(
-        _redact(f"elevenlabs: could not reach the server ({type(exc).__name__}: {exc})", api_key)
+    """Translate an httpx exception (including `HTTPStatusError`) into a provider error.
+
+    A 429 (too_many_concurrent_requests or system_busy) is RateLimited whatever the body says.
+    """
+    return map_http_error(
+        exc,
+        label="elevenlabs",
+        read_detail=_read_error_detail,
+        status_errors=_STATUS_ERRORS,
+        secrets=[api_key],
     )
 
 
@@ -352,24 +340,22 @@ def _parse_transcript(response: httpx.Response) -> TranscriptionResult:
     )
 
 
-def _read_error_detail(response: httpx.Response) -> tuple[str | None, str]:
-    """`(detail.status, message)` from ElevenLabs' envelope, or what else we got.
+def _read_error_detail(response: httpx.Response) -> ErrorDetail:
+    """The message of ElevenLabs' envelope, classed by its `detail.status`, or what else we got.
 
     ElevenLabs answers `{"detail": {"status": "voice_not_found", "message": "…"}}`, and
     FastAPI's `{"detail": [{"loc": […], "msg": "…"}]}` for a body that fails validation.
     """
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = read_json(response)
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, dict):
         status = detail.get("status") if isinstance(detail.get("status"), str) else None
+        error_class = _DETAIL_STATUS_ERRORS.get(status or "")
         message = detail.get("message")
         if isinstance(message, str):
-            return status, f"{message} ({status})" if status else message
+            return ErrorDetail(f"{message} ({status})" if status else message, error_class)
         if status:
-            return status, status
+            return ErrorDetail(status, error_class)
     if isinstance(detail, list):
         problems = [
             f"{'.'.join(str(part) for part in item.get('loc', []))}: {item.get('msg')}"
@@ -377,13 +363,12 @@ def _read_error_detail(response: httpx.Response) -> tuple[str | None, str]:
             if isinstance(item, dict)
         ]
         if problems:
-            return None, "; ".join(problems)[:_MAX_DETAIL_CHARS]
+            return ErrorDetail("; ".join(problems)[:MAX_DETAIL_CHARS])
     if isinstance(detail, str):
-        return None, detail
+        return ErrorDetail(detail)
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return None, body["message"]
-    text = response.text.strip()
-    return None, text[:_MAX_DETAIL_CHARS] if text else response.reason_phrase
+        return ErrorDetail(body["message"])
+    return ErrorDetail(read_error_text(response))
 
 
 def _is_stt_model(model: str) -> bool:
@@ -393,11 +378,6 @@ def _is_stt_model(model: str) -> bool:
 def _normalize_api_base(api_base: str) -> str:
     # Paths here carry the /v1; accept a base copied with it, as some configs have it.
     return api_base.rstrip("/").removesuffix("/v1")
-
-
-def _redact(text: str, secret: str | None) -> str:
-    # A proxy may echo the key back; it must not reach logs or job rows.
-    return text.replace(secret, "***") if secret else text
 
 
 def _upload_filename(filename: str, audio_path: Path) -> str:

@@ -11,8 +11,9 @@ Pages followed (checked 2026):
 - https://ai.google.dev/gemini-api/docs/troubleshooting (status codes; a bad key is a 400
   INVALID_ARGUMENT with `details[].reason == "API_KEY_INVALID"`, not a 401)
 
-The request builder, the response parser and the Google error mapper are shared with
-`vertex_ai.py`, whose Gemini models speak the same JSON through Vertex AI.
+The speech call (`synthesize_gemini_speech`: request builder and response parser) and the
+Google error mapper are shared with `vertex_ai.py`, whose Gemini models speak the same JSON
+through Vertex AI.
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from worker.providers._http import (
+    STATUS_ERRORS,
+    ErrorDetail,
+    map_http_error,
+    parse_timeout_s,
+    post,
+    read_error_text,
+    read_json,
+)
 from worker.providers.base import (
     Deployment,
     SpeechProvider,
@@ -41,7 +51,6 @@ from worker.providers.errors import (
     RateLimited,
     UnsupportedFeature,
 )
-from worker.providers.openai import parse_retry_after_s
 
 __all__ = [
     "DEFAULT_API_BASE",
@@ -58,6 +67,7 @@ __all__ = [
     "parse_speech_response",
     "read_google_error",
     "style_prompt",
+    "synthesize_gemini_speech",
 ]
 
 DEFAULT_API_BASE = "https://generativelanguage.googleapis.com"
@@ -118,15 +128,7 @@ _STATUS_ERRORS_GRPC: dict[str, type[ProviderError]] = {
     "CANCELLED": ProviderUnavailable,
 }
 _STATUS_ERRORS_HTTP: dict[int, type[ProviderError]] = {
-    400: InvalidInput,
-    401: AuthenticationFailed,
-    403: AuthenticationFailed,
-    404: UnsupportedFeature,
-    408: ProviderTimeout,
-    409: ProviderUnavailable,
-    413: InvalidInput,
-    415: InvalidInput,
-    422: InvalidInput,
+    **STATUS_ERRORS,
     504: ProviderTimeout,
 }
 # Google answers a bad or expired key with 400 INVALID_ARGUMENT; the reason tells it apart.
@@ -135,7 +137,6 @@ _AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
 _BLOCKED_FINISH_REASONS = frozenset(
     {"SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "RECITATION", "IMAGE_SAFETY"}
 )
-_MAX_DETAIL_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -160,40 +161,52 @@ class GeminiProvider(SpeechProvider):
         super().__init__(deployment, http)
         self.api_base = (deployment.api_base or DEFAULT_API_BASE).rstrip("/")
         self.api_version = str(deployment.params.get("api_version") or DEFAULT_API_VERSION)
-        timeout = deployment.params.get("timeout")
-        self.timeout_s: float | None = float(timeout) if timeout is not None else None
+        self.timeout_s = parse_timeout_s(deployment.params)
 
     def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
-        body = build_speech_body(
-            request.text,
-            voice=self.resolve_voice(request.voice) or DEFAULT_VOICE,
-            instructions=request.instructions,
-            speed=request.speed,
-            language_code=self.deployment.params.get("language_code"),
-        )
         model = request.model.removeprefix("models/")
         url = f"{self.api_base}/{self.api_version}/models/{model}:generateContent"
+        return synthesize_gemini_speech(self, request, lambda body: self._post(url, body))
+
+    def _post(self, url: str, body: Mapping[str, Any]) -> httpx.Response:
         api_key = self.deployment.api_key
         # The key goes in a header, never in `?key=`: URLs end up in logs and exceptions.
         headers = {"x-goog-api-key": api_key} if api_key else {}
-        try:
-            response = self.http.post(
-                url,
-                json=body,
-                headers=headers,
-                timeout=self.timeout_s if self.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise map_google_error(exc, provider=self.name, secrets=[api_key]) from exc
-        audio = parse_speech_response(response, provider=self.name)
-        return SynthesisResult(
-            audio=audio.data,
-            audio_format=audio.audio_format,
-            sample_rate=audio.sample_rate,
-            characters=len(request.text),  # the text only, not our style prompt
-            request_id=audio.response_id,
+        return post(
+            self.http,
+            url,
+            json=body,
+            headers=headers,
+            timeout_s=self.timeout_s,
+            map_error=lambda exc: map_google_error(exc, provider=self.name, secrets=[api_key]),
         )
+
+
+def synthesize_gemini_speech(
+    provider: SpeechProvider,
+    request: SynthesisRequest,
+    send: Callable[[dict[str, Any]], httpx.Response],
+) -> SynthesisResult:
+    """One Gemini TTS call, the same on the Gemini API and on Vertex AI.
+
+    The body comes from `request` and the provider's voices and `language_code`; `send` posts
+    it wherever this provider posts, with its own auth, and returns the 2xx answer.
+    """
+    body = build_speech_body(
+        request.text,
+        voice=provider.resolve_voice(request.voice) or DEFAULT_VOICE,
+        instructions=request.instructions,
+        speed=request.speed,
+        language_code=provider.deployment.params.get("language_code"),
+    )
+    audio = parse_speech_response(send(body), provider=provider.name)
+    return SynthesisResult(
+        audio=audio.data,
+        audio_format=audio.audio_format,
+        sample_rate=audio.sample_rate,
+        characters=len(request.text),  # the text only, not our style prompt
+        request_id=audio.response_id,
+    )
 
 
 def style_prompt(text: str, *, instructions: str | None = None, speed: float = 1.0) -> str:
@@ -287,10 +300,7 @@ class GoogleError:
 
 def read_google_error(response: httpx.Response) -> GoogleError:
     """Google's error envelope, OAuth's `{"error", "error_description"}`, or whatever we got."""
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = None
+    body = read_json(response)
     if isinstance(body, list) and len(body) == 1:  # some endpoints wrap it in a list
         body = body[0]
     if isinstance(body, dict):
@@ -305,36 +315,33 @@ def read_google_error(response: httpx.Response) -> GoogleError:
             description = body.get("error_description")
             detail = f"{error}: {description}" if isinstance(description, str) else error
             return GoogleError(detail)
-    text = response.text.strip()
-    return GoogleError(text[:_MAX_DETAIL_CHARS] if text else response.reason_phrase)
+    return GoogleError(read_error_text(response))
 
 
 def map_google_error(
     exc: httpx.HTTPError, *, provider: str = "gemini", secrets: Iterable[str | None] = ()
 ) -> ProviderError:
     """Translate an httpx exception (including `HTTPStatusError`) from a Google API."""
-    if isinstance(exc, httpx.TimeoutException):
-        return ProviderTimeout(f"{provider}: request timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.HTTPStatusError):
-        response = exc.response
-        status = response.status_code
-        error = read_google_error(response)
-        message = _redact(f"{provider} HTTP {status}: {error.detail}", secrets)
-        if status == 429 or error.status == "RESOURCE_EXHAUSTED":
-            retry_after_s = error.retry_delay_s
-            if retry_after_s is None:
-                retry_after_s = parse_retry_after_s(response.headers)
-            return RateLimited(message, retry_after_s=retry_after_s, status_code=status)
-        if error.reason in _AUTH_REASONS or "API key not valid" in error.detail:
-            return AuthenticationFailed(message, status_code=status)
-        # 5xx, and any status nobody documented, may pass on a later try.
-        error_class = _STATUS_ERRORS_GRPC.get(error.status or "") or _STATUS_ERRORS_HTTP.get(
-            status, ProviderUnavailable
-        )
-        return error_class(message, status_code=status)
-    return ProviderUnavailable(
-        _redact(f"{provider}: could not reach the server ({type(exc).__name__}: {exc})", secrets)
+    return map_http_error(
+        exc,
+        label=provider,
+        read_detail=_read_google_error_detail,
+        status_errors=_STATUS_ERRORS_HTTP,
+        secrets=secrets,
     )
+
+
+def _read_google_error_detail(response: httpx.Response) -> ErrorDetail:
+    """Google's error, classed by its gRPC status and reason ahead of the HTTP status."""
+    error = read_google_error(response)
+    error_class: type[ProviderError] | None
+    if error.status == "RESOURCE_EXHAUSTED":
+        error_class = RateLimited
+    elif error.reason in _AUTH_REASONS or "API key not valid" in error.detail:
+        error_class = AuthenticationFailed
+    else:
+        error_class = _STATUS_ERRORS_GRPC.get(error.status or "")
+    return ErrorDetail(error.detail, error_class, error.retry_delay_s)
 
 
 def _pace_words(speed: float) -> str | None:
@@ -415,11 +422,3 @@ def _parse_duration_s(value: str) -> float | None:
     """A protobuf Duration in JSON form ("37s", "0.5s")."""
     match = _DURATION.match(value)
     return float(match[1]) if match else None
-
-
-def _redact(text: str, secrets: Iterable[str | None]) -> str:
-    # Google's DebugInfo echoes a bad key back; it must not reach logs or job rows.
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text

@@ -8,17 +8,22 @@ Every httpx error and every non-2xx answer goes through `map_openai_error`, once
 
 from __future__ import annotations
 
-import email.utils
-import math
 import mimetypes
 import re
-import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from worker.providers._http import (
+    map_http_error,
+    parse_retry_after_s,
+    parse_timeout_s,
+    post,
+    read_error_text,
+    read_json,
+)
 from worker.providers.base import (
     Deployment,
     SpeechProvider,
@@ -28,15 +33,7 @@ from worker.providers.base import (
     TranscriptionResult,
     TranscriptSegment,
 )
-from worker.providers.errors import (
-    AuthenticationFailed,
-    InvalidInput,
-    ProviderError,
-    ProviderTimeout,
-    ProviderUnavailable,
-    RateLimited,
-    UnsupportedFeature,
-)
+from worker.providers.errors import ProviderError, ProviderUnavailable
 
 __all__ = [
     "DEFAULT_API_BASE",
@@ -59,19 +56,6 @@ FALLBACK_SPEECH_FORMAT = "wav"
 # Client formats we render ourselves from verbose_json segments.
 SEGMENT_FORMATS = frozenset({"srt", "vtt", "verbose_json"})
 
-_STATUS_ERRORS: dict[int, type[ProviderError]] = {
-    400: InvalidInput,
-    401: AuthenticationFailed,
-    403: AuthenticationFailed,
-    404: UnsupportedFeature,  # unknown model (or endpoint) on this deployment
-    408: ProviderTimeout,
-    409: ProviderUnavailable,
-    413: InvalidInput,
-    415: InvalidInput,
-    422: InvalidInput,
-}
-_MAX_DETAIL_CHARS = 300
-
 
 class OpenAIProvider(SpeechProvider):
     """Text-to-speech and speech-to-text through an OpenAI-compatible HTTP API."""
@@ -84,8 +68,7 @@ class OpenAIProvider(SpeechProvider):
     def __init__(self, deployment: Deployment, http: httpx.Client | None = None) -> None:
         super().__init__(deployment, http)
         self.api_base = (deployment.api_base or DEFAULT_API_BASE).rstrip("/")
-        timeout = deployment.params.get("timeout")
-        self.timeout_s: float | None = float(timeout) if timeout is not None else None
+        self.timeout_s = parse_timeout_s(deployment.params)
 
     def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
         audio_format = (
@@ -108,7 +91,7 @@ class OpenAIProvider(SpeechProvider):
         # A 200 carrying JSON or text is an error page or a misbehaving proxy, not audio.
         if not response.content or content_type.startswith(("application/json", "text/")):
             raise ProviderUnavailable(
-                f"openai: expected {audio_format} audio, got {content_type or 'an empty body'}"
+                f"{self.name}: expected {audio_format} audio, got {content_type or 'an empty body'}"
             )
         return SynthesisResult(
             audio=response.content,
@@ -138,7 +121,7 @@ class OpenAIProvider(SpeechProvider):
                 data=fields,
                 files={"file": (filename, audio_file, content_type)},
             )
-        return _parse_transcription(response, upstream_format)
+        return _parse_transcription(response, upstream_format, label=self.name)
 
     def _post(
         self,
@@ -148,19 +131,20 @@ class OpenAIProvider(SpeechProvider):
         data: Mapping[str, str] | None = None,
         files: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
-        try:
-            response = self.http.post(
-                f"{self.api_base}{path}",
-                json=json,
-                data=data,
-                files=files,
-                headers=self._headers(),
-                timeout=self.timeout_s if self.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise map_openai_error(exc, api_key=self.deployment.api_key) from exc
-        return response
+        return post(
+            self.http,
+            f"{self.api_base}{path}",
+            json=json,
+            data=data,
+            files=files,
+            headers=self._headers(),
+            timeout_s=self.timeout_s,
+            map_error=lambda exc: map_openai_error(exc, label=self.name, secrets=self._secrets()),
+        )
+
+    def _secrets(self) -> list[str | None]:
+        """What must never appear in an error message."""
+        return [self.deployment.api_key]
 
     def _headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -181,41 +165,15 @@ def choose_transcription_format(wanted: str, forced: str | None = None) -> str:
     return "verbose_json" if wanted in SEGMENT_FORMATS else "json"
 
 
-def map_openai_error(exc: httpx.HTTPError, *, api_key: str | None = None) -> ProviderError:
-    """Translate an httpx exception (including `HTTPStatusError`) into a provider error."""
-    if isinstance(exc, httpx.TimeoutException):
-        return ProviderTimeout(f"openai: request timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.HTTPStatusError):
-        response = exc.response
-        status = response.status_code
-        detail = _redact(_read_error_detail(response), api_key)
-        message = f"openai HTTP {status}: {detail}"
-        if status == 429:
-            return RateLimited(message, retry_after_s=parse_retry_after_s(response.headers))
-        # 5xx, and any status nobody documented, may pass on a later try.
-        error_class = _STATUS_ERRORS.get(status, ProviderUnavailable)
-        return error_class(message, status_code=status)
-    return ProviderUnavailable(
-        _redact(f"openai: could not reach the server ({type(exc).__name__}: {exc})", api_key)
-    )
+def map_openai_error(
+    exc: httpx.HTTPError, *, label: str = "openai", secrets: Iterable[str | None] = ()
+) -> ProviderError:
+    """Translate an httpx exception (including `HTTPStatusError`) into a provider error.
 
-
-def parse_retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
-    milliseconds = _parse_finite(headers.get("retry-after-ms"))
-    if milliseconds is not None:
-        return max(0.0, milliseconds / 1000)
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    seconds = _parse_finite(value)
-    if seconds is not None:
-        return max(0.0, seconds)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    `label` starts every message (Azure OpenAI passes its own); `secrets` are masked, since
+    some compatible servers echo the bad key back.
+    """
+    return map_http_error(exc, label=label, read_detail=_read_error_detail, secrets=secrets)
 
 
 _CUE_TIMES = re.compile(
@@ -243,11 +201,13 @@ def parse_subtitles(body: str) -> tuple[TranscriptSegment, ...]:
     return tuple(segments)
 
 
-def _parse_transcription(response: httpx.Response, upstream_format: str) -> TranscriptionResult:
+def _parse_transcription(
+    response: httpx.Response, upstream_format: str, *, label: str
+) -> TranscriptionResult:
     request_id = response.headers.get("x-request-id")
     content_type = response.headers.get("content-type", "")
     if upstream_format.endswith("json") or content_type.startswith("application/json"):
-        return _parse_transcription_json(response, request_id)
+        return _parse_transcription_json(response, request_id, label=label)
     if upstream_format in ("srt", "vtt"):
         segments = parse_subtitles(response.text)
         text = " ".join(segment.text for segment in segments)
@@ -256,17 +216,17 @@ def _parse_transcription(response: httpx.Response, upstream_format: str) -> Tran
 
 
 def _parse_transcription_json(
-    response: httpx.Response, request_id: str | None
+    response: httpx.Response, request_id: str | None, *, label: str
 ) -> TranscriptionResult:
     try:
         body = response.json()
     except ValueError as exc:
-        raise ProviderUnavailable("openai: transcription answer is not valid JSON") from exc
+        raise ProviderUnavailable(f"{label}: transcription answer is not valid JSON") from exc
     # Some servers JSON-encode the bare string when asked for `text`.
     if isinstance(body, str):
         return TranscriptionResult(text=body.strip(), request_id=request_id)
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-        raise ProviderUnavailable("openai: transcription answer has no `text`")
+        raise ProviderUnavailable(f"{label}: transcription answer has no `text`")
     try:
         segments = tuple(
             TranscriptSegment(
@@ -279,7 +239,7 @@ def _parse_transcription_json(
         duration = body.get("duration")
         duration_seconds = float(duration) if duration is not None else None
     except (KeyError, TypeError, ValueError) as exc:
-        raise ProviderUnavailable("openai: transcription segments are malformed") from exc
+        raise ProviderUnavailable(f"{label}: transcription segments are malformed") from exc
     language = body.get("language")
     return TranscriptionResult(
         text=body["text"].strip(),
@@ -293,10 +253,7 @@ def _parse_transcription_json(
 
 def _read_error_detail(response: httpx.Response) -> str:
     """The provider's own words: `error.message` of OpenAI's envelope, or what else we got."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = read_json(response)
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -305,23 +262,7 @@ def _read_error_detail(response: httpx.Response) -> str:
         for key in ("error", "detail", "message"):
             if isinstance(body.get(key), str):
                 return body[key]
-    text = response.text.strip()
-    return text[:_MAX_DETAIL_CHARS] if text else response.reason_phrase
-
-
-def _redact(text: str, secret: str | None) -> str:
-    # Some compatible servers echo the bad key back; it must not reach logs or job rows.
-    return text.replace(secret, "***") if secret else text
-
-
-def _parse_finite(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
+    return read_error_text(response)
 
 
 def _parse_cue_time(value: str) -> float:

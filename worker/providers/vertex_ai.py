@@ -44,6 +44,7 @@ from google.auth import exceptions as google_auth_exceptions
 from google.auth import transport as google_auth_transport
 from google.oauth2 import service_account
 
+from worker.providers._http import parse_timeout_s, post
 from worker.providers.base import (
     Deployment,
     SpeechProvider,
@@ -61,9 +62,8 @@ from worker.providers.gemini import (
     DEFAULT_VOICE,
     GEMINI_VOICES,
     VOICE_MAP,
-    build_speech_body,
     map_google_error,
-    parse_speech_response,
+    synthesize_gemini_speech,
 )
 from worker.providers.gemini import MAX_INPUT_CHARACTERS as GEMINI_MAX_INPUT_CHARACTERS
 
@@ -199,8 +199,7 @@ class VertexAIProvider(SpeechProvider):
     def __init__(self, deployment: Deployment, http: httpx.Client | None = None) -> None:
         super().__init__(deployment, http)
         params = deployment.params
-        timeout = params.get("timeout")
-        self.timeout_s: float | None = float(timeout) if timeout is not None else None
+        self.timeout_s = parse_timeout_s(params)
         self.location = str(params.get("vertex_location") or DEFAULT_LOCATION)
         self._tokens: ServiceAccountTokens | None = None
         self._project: str | None = params.get("vertex_project")
@@ -251,13 +250,6 @@ class VertexAIProvider(SpeechProvider):
         )
 
     def _synthesize_gemini(self, request: SynthesisRequest) -> SynthesisResult:
-        body = build_speech_body(
-            request.text,
-            voice=self.resolve_voice(request.voice) or DEFAULT_VOICE,
-            instructions=request.instructions,
-            speed=request.speed,
-            language_code=self.deployment.params.get("language_code"),
-        )
         headers = self._auth_headers()
         path = f"publishers/google/models/{request.model}:generateContent"
         if "x-goog-api-key" in headers:
@@ -268,15 +260,7 @@ class VertexAIProvider(SpeechProvider):
             base = self.deployment.api_base or _aiplatform_base(self.location)
             project = self._project_id()
             url = f"{base.rstrip('/')}/v1/projects/{project}/locations/{self.location}/{path}"
-        response = self._post(url, body, headers)
-        audio = parse_speech_response(response, provider=self.name)
-        return SynthesisResult(
-            audio=audio.data,
-            audio_format=audio.audio_format,
-            sample_rate=audio.sample_rate,
-            characters=len(request.text),
-            request_id=audio.response_id,
-        )
+        return synthesize_gemini_speech(self, request, lambda body: self._post(url, body, headers))
 
     def _cloud_tts_encoding(self, response_format: str) -> str:
         pinned = self.deployment.params.get("audio_encoding")
@@ -334,17 +318,14 @@ class VertexAIProvider(SpeechProvider):
     def _post(
         self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> httpx.Response:
-        try:
-            response = self.http.post(
-                url,
-                json=body,
-                headers=headers,
-                timeout=self.timeout_s if self.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise map_vertex_ai_error(exc, secrets=self._secrets()) from exc
-        return response
+        return post(
+            self.http,
+            url,
+            json=body,
+            headers=headers,
+            timeout_s=self.timeout_s,
+            map_error=lambda exc: map_vertex_ai_error(exc, secrets=self._secrets()),
+        )
 
     def _secrets(self) -> list[str | None]:
         token = self._tokens.credentials.token if self._tokens is not None else None
