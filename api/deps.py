@@ -34,6 +34,8 @@ class Principal:
     team: str | None
     is_admin: bool
     webhook_secret: str | None = None
+    budget_usd: float | None = None
+    rpm_limit: int | None = None
 
     @property
     def tenant(self) -> str:
@@ -88,7 +90,12 @@ def get_principal(request: Request, state: StateDep, session: SessionDep) -> Pri
             headers={"WWW-Authenticate": "Bearer"},
         )
     return Principal(
-        key_id=row.id, team=row.team, is_admin=row.is_admin, webhook_secret=row.webhook_secret
+        key_id=row.id,
+        team=row.team,
+        is_admin=row.is_admin,
+        webhook_secret=row.webhook_secret,
+        budget_usd=row.budget_usd,
+        rpm_limit=row.rpm_limit,
     )
 
 

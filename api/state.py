@@ -9,6 +9,7 @@ from celery import Celery
 from speechq.job_events import JobEventPublisher, JobWaiter
 from speechq.registry import Registry, load_registry
 from speechq.settings import Settings
+from storage.counters import Counters, open_counters
 from storage.objects import ObjectStore, open_object_store
 from worker.celery_app import create_celery
 
@@ -23,6 +24,7 @@ class AppState:
     celery: Celery
     waiter: JobWaiter
     events: JobEventPublisher
+    counters: Counters
 
     @property
     def database_url(self) -> str:
@@ -41,4 +43,7 @@ def build_state(settings: Settings) -> AppState:
         celery=create_celery(settings),
         waiter=JobWaiter(settings.resolved_broker_url),
         events=JobEventPublisher(settings.resolved_broker_url),
+        counters=open_counters(
+            broker_url=settings.resolved_broker_url, database_url=settings.resolved_database_url
+        ),
     )

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import Principal
 from api.errors import ApiError
+from api.limits import check_budgets, check_rate_limit
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import SpeechJobCreate
 from api.state import AppState
@@ -67,8 +68,10 @@ def submit_speech(
     *,
     max_characters: int,
 ) -> Job:
+    check_rate_limit(state, principal)
     check_speech_input(body.input, max_characters)
     check_model(state, body.model, SPEECH)
+    check_budgets(state, session, principal, body.user)
     request = {
         "input": body.input,
         "voice": body.voice,
@@ -102,6 +105,7 @@ def submit_job(
     webhook_url: str | None,
     job_id: str | None = None,
 ) -> Job:
+    """Create the job row, commit, publish. The caller has checked limits and budgets."""
     job = queries.create_job(
         session,
         job_id=job_id,

@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import Principal
 from api.errors import ApiError
+from api.limits import check_budgets, check_rate_limit
 from api.state import AppState
 from api.submission import check_model, submit_job
 from api.upload_form import parse_limited_form
@@ -53,6 +54,7 @@ TRANSCRIPTION_FORM_OPENAPI: dict[str, Any] = {
 
 async def accept_transcription(request: Request, state: AppState, principal: Principal) -> Job:
     """Parse the multipart form, store the audio, create and publish the job."""
+    check_rate_limit(state, principal)
     form = await parse_limited_form(request, lambda model: max_upload_bytes(state, model))
     try:
         fields = parse_transcription_fields(form)
@@ -63,6 +65,7 @@ async def accept_transcription(request: Request, state: AppState, principal: Pri
             )
         model = fields["model"]
         canonical = check_model(state, model, TRANSCRIPTION)
+        await run_in_threadpool(_check_budgets, state, principal, fields.get("user"))
         job_id = new_id("job")
         key = tenant_key(principal.tenant, "uploads", job_id, "input")
         stored = await store_upload(state, canonical, upload, key)
@@ -94,6 +97,11 @@ async def accept_transcription(request: Request, state: AppState, principal: Pri
         return await run_in_threadpool(submit)
     finally:
         await form.close()
+
+
+def _check_budgets(state: AppState, principal: Principal, user: str | None) -> None:
+    with get_sessionmaker(state.database_url)() as session:
+        check_budgets(state, session, principal, user)
 
 
 def parse_transcription_fields(form: Any) -> dict[str, Any]:

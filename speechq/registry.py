@@ -75,6 +75,16 @@ class Registry:
     deployments: Mapping[str, tuple[Deployment, ...]]
     aliases: Mapping[str, str] = field(default_factory=dict)
     router_settings: Mapping[str, Any] = field(default_factory=dict)
+    # End-user (`user` field) budgets in USD: named users, and LiteLLM's
+    # `litellm_settings.max_end_user_budget` for everyone else.
+    end_user_budgets: Mapping[str, float] = field(default_factory=dict)
+    default_end_user_budget: float | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    def end_user_budget(self, user: str | None) -> float | None:
+        if user is None:
+            return None
+        return self.end_user_budgets.get(user, self.default_end_user_budget)
 
     def resolve(self, name: str) -> str | None:
         """The canonical model name for `name` (itself or what it aliases), or None."""
@@ -172,10 +182,20 @@ def parse_config(raw: Mapping[str, Any]) -> Registry:
     for alias, target in aliases.items():
         if target not in deployments:
             raise ConfigError(f"alias {alias!r} points to unknown model {target!r}")
+    litellm_settings = raw.get("litellm_settings") or {}
+    default_budget = litellm_settings.get("max_end_user_budget")
+    try:
+        budgets = {str(k): float(v) for k, v in (raw.get("end_user_budgets") or {}).items()}
+        default = None if default_budget is None else float(default_budget)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError("end-user budgets must be numbers (USD)") from exc
     return Registry(
         deployments={name: tuple(deps) for name, deps in deployments.items()},
         aliases=aliases,
         router_settings=router_settings,
+        end_user_budgets=budgets,
+        default_end_user_budget=default,
+        raw=raw,
     )
 
 

@@ -1,8 +1,8 @@
-"""Counters the router shares between every worker process: cooldowns, failures within a
-minute, calls in flight, latency averages and rpm windows.
+"""Counters with a time-to-live shared by every process: the router's cooldowns, failures,
+calls in flight, latency averages and rpm windows, and the API's per-key rate limits.
 
-Three primitives with a time-to-live are enough for all of them. Redis holds them in
-production; the database holds them on the embedded default (SQLite has no Redis beside it).
+Three primitives are enough for all of them. Redis holds them in production; the database
+holds them on the embedded default (SQLite has no Redis beside it).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 from storage.db import get_sessionmaker
 from storage.models import RouterCounter, utcnow
 
-__all__ = ["RouterState", "RedisRouterState", "DatabaseRouterState", "open_router_state"]
+__all__ = ["Counters", "RedisCounters", "DatabaseCounters", "open_counters"]
 
 
-class RouterState(ABC):
+class Counters(ABC):
     @abstractmethod
     def incr(self, key: str, amount: float, ttl_s: float) -> float:
         """Add `amount` (creating the counter at 0 if absent or expired); return the new
@@ -41,7 +41,7 @@ class RouterState(ABC):
         """Release connections."""
 
 
-class RedisRouterState(RouterState):
+class RedisCounters(Counters):
     # INCRBYFLOAT and a first-time EXPIRE in one round trip, atomically.
     _INCR = """
     local value = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
@@ -51,7 +51,7 @@ class RedisRouterState(RouterState):
     return value
     """
 
-    def __init__(self, url: str, prefix: str = "speechq:router:") -> None:
+    def __init__(self, url: str, prefix: str = "speechq:counters:") -> None:
         self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.prefix = prefix
         self._incr = self.client.register_script(self._INCR)
@@ -73,7 +73,7 @@ class RedisRouterState(RouterState):
         self.client.close()
 
 
-class DatabaseRouterState(RouterState):
+class DatabaseCounters(Counters):
     def __init__(self, database_url: str) -> None:
         self.sessionmaker = get_sessionmaker(database_url)
         self.dialect = postgresql if database_url.startswith("postgresql") else sqlite
@@ -125,7 +125,7 @@ class DatabaseRouterState(RouterState):
         )
 
 
-def open_router_state(*, broker_url: str, database_url: str) -> RouterState:
+def open_counters(*, broker_url: str, database_url: str) -> Counters:
     if broker_url.startswith(("redis://", "rediss://")):
-        return RedisRouterState(broker_url)
-    return DatabaseRouterState(database_url)
+        return RedisCounters(broker_url)
+    return DatabaseCounters(database_url)

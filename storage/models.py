@@ -103,6 +103,9 @@ class UsageRecord(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "call_key", name="uq_usage_job_call"),
         Index("ix_usage_tenant_created", "tenant", "created_at"),
+        # Budgets sum spend per key and per end user.
+        Index("ix_usage_key_id", "key_id"),
+        Index("ix_usage_tenant_user", "tenant", "user"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -41,6 +41,7 @@ __all__ = [
     "reclaim_expired_leases",
     "delete_expired_router_counters",
     "usage_summary",
+    "spent_usd",
 ]
 
 
@@ -339,6 +340,22 @@ def reclaim_expired_leases(session: Session) -> list[str]:
 def delete_expired_router_counters(session: Session) -> int:
     result = session.execute(delete(RouterCounter).where(RouterCounter.expires_at <= utcnow()))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def spent_usd(
+    session: Session,
+    *,
+    key_id: str | None = None,
+    tenant: str | None = None,
+    user: str | None = None,
+) -> float:
+    """Money spent so far by a key, or by an end user within a tenant."""
+    stmt = select(func.coalesce(func.sum(UsageRecord.cost_usd), 0.0))
+    if key_id is not None:
+        stmt = stmt.where(UsageRecord.key_id == key_id)
+    if user is not None:
+        stmt = stmt.where(UsageRecord.tenant == tenant, UsageRecord.user == user)
+    return float(session.scalar(stmt) or 0.0)
 
 
 # --- usage ------------------------------------------------------------------------------

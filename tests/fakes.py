@@ -50,6 +50,7 @@ def start_fake_openai() -> FakeOpenAI:
     class Handler(BaseHTTPRequestHandler):
         # Without it each answer waits ~40 ms on Nagle's algorithm and delayed ACKs.
         disable_nagle_algorithm = True
+
         def log_message(self, *args: Any) -> None:  # keep test output quiet
             pass
 

@@ -12,6 +12,7 @@ import json
 import logging
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,8 +28,9 @@ from speechq.registry import Registry
 from speechq.settings import Settings
 from speechq.transcripts import render_transcript
 from storage import queries
+from storage.counters import Counters
 from storage.db import session_scope
-from storage.models import Job, UsageRecord, utcnow
+from storage.models import ApiKey, Job, UsageRecord, utcnow
 from storage.objects import ObjectStore, tenant_key
 from worker import audio
 from worker.audio_join import join_speech, to_pcm
@@ -43,12 +45,13 @@ from worker.providers.base import (
 )
 from worker.providers.errors import InvalidInput
 from worker.router import AllDeploymentsFailed, Attempt, RoutedResult, Router
-from worker.router_state import RouterState
 from worker.text_split import split_text
 
 __all__ = ["JobRunner"]
 
 log = logging.getLogger(__name__)
+
+_Guard = Callable[[], None] | None
 
 
 @dataclass(frozen=True)
@@ -77,12 +80,12 @@ class JobRunner:
         settings: Settings,
         registry: Registry,
         store: ObjectStore,
-        router_state: RouterState,
+        counters: Counters,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
-        self.router_state = router_state
+        self.counters = counters
         self.events = JobEventPublisher(settings.resolved_broker_url)
         self.db_url = settings.resolved_database_url
 
@@ -96,13 +99,16 @@ class JobRunner:
                 return None
             job = _Claimed.of(row)
         attempts = _AttemptLog(self.db_url, job.id)
-        router = Router(self.registry, self.router_state, on_attempt=attempts.add)
+        router = Router(self.registry, self.counters, on_attempt=attempts.add)
+        guard = self._budget_guard(job)
         try:
             if job.type == "speech":
-                return self._run_speech(job, router, attempts)
-            return self._run_transcription(job, router, attempts)
+                return self._run_speech(job, router, attempts, guard)
+            return self._run_transcription(job, router, attempts, guard)
         except InvalidInput as exc:
             return self._fail(job.id, attempts, "invalid_input", exc.message)
+        except BudgetExceeded as exc:
+            return self._fail(job.id, attempts, "budget_exceeded", str(exc))
         except AllDeploymentsFailed as exc:
             return self._fail(job.id, attempts, "provider_error", str(exc))
         except audio.InvalidAudio as exc:
@@ -115,7 +121,9 @@ class JobRunner:
 
     # --- speech ---------------------------------------------------------------------------
 
-    def _run_speech(self, job: _Claimed, router: Router, attempts: _AttemptLog) -> str:
+    def _run_speech(
+        self, job: _Claimed, router: Router, attempts: _AttemptLog, guard: _Guard
+    ) -> str:
         req = job.request
         fmt = req.get("response_format", "mp3")
 
@@ -132,7 +140,12 @@ class JobRunner:
                     )
                 )
 
-            return router.call(job.model, call, should_stop=lambda: self._canceled(job.id))
+            return router.call(
+                job.model,
+                call,
+                should_stop=lambda: self._canceled(job.id),
+                before_attempt=guard,
+            )
 
         limit = self._piece_limit(router, job.model)
         pieces = split_text(req["input"], limit) if limit else [req["input"]]
@@ -205,7 +218,9 @@ class JobRunner:
 
     # --- transcription --------------------------------------------------------------------
 
-    def _run_transcription(self, job: _Claimed, router: Router, attempts: _AttemptLog) -> str:
+    def _run_transcription(
+        self, job: _Claimed, router: Router, attempts: _AttemptLog, guard: _Guard
+    ) -> str:
         req = job.request
         with tempfile.TemporaryDirectory(prefix="speechq-") as tmp:
             path = Path(tmp) / (req.get("filename") or "audio")
@@ -225,7 +240,12 @@ class JobRunner:
                     )
                 )
 
-            routed = router.call(job.model, transcribe, should_stop=lambda: self._canceled(job.id))
+            routed = router.call(
+                job.model,
+                transcribe,
+                should_stop=lambda: self._canceled(job.id),
+                before_attempt=guard,
+            )
         produced = routed.value
         duration = produced.duration_seconds or input_seconds
         transcript = {
@@ -315,10 +335,38 @@ class JobRunner:
         self.events.job_ended(job_id)
         return JobStatus.failed.value if failed else JobStatus.canceled.value
 
+    def _budget_guard(self, job: _Claimed) -> _Guard:
+        """A check run before each provider call when a budget applies, else None."""
+        key_budget = None
+        if job.key_id is not None:
+            with session_scope(self.db_url) as session:
+                key = session.get(ApiKey, job.key_id)
+                key_budget = key.budget_usd if key is not None else None
+        user_budget = self.registry.end_user_budget(job.user)
+        if key_budget is None and user_budget is None:
+            return None
+
+        def guard() -> None:
+            with session_scope(self.db_url) as session:
+                if key_budget is not None:
+                    spent = queries.spent_usd(session, key_id=job.key_id)
+                    if spent >= key_budget:
+                        raise BudgetExceeded(f"the key's ${key_budget:g} budget is spent")
+                if user_budget is not None:
+                    spent = queries.spent_usd(session, tenant=job.tenant, user=job.user)
+                    if spent >= user_budget:
+                        raise BudgetExceeded(f"the end user's ${user_budget:g} budget is spent")
+
+        return guard
+
     def _canceled(self, job_id: str) -> bool:
         with session_scope(self.db_url) as session:
             job = queries.get_job(session, job_id=job_id, tenant=None)
             return job is None or job.status != JobStatus.running.value
+
+
+class BudgetExceeded(Exception):
+    """A key's or an end user's budget was spent before this provider call."""
 
 
 class _AttemptLog:

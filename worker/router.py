@@ -8,7 +8,7 @@
   and jitter; a permanent one (400/401/403/404) moves to the next deployment at once;
   an input the provider refuses fails the call, since no deployment will take it;
 - cooldowns: more than `allowed_fails` failures of a deployment within a minute cool it
-  down for `cooldown_time` seconds, for every worker process (shared `RouterState`);
+  down for `cooldown_time` seconds, for every worker process (shared `Counters`);
 - fallbacks: when every deployment of the model failed, the models in `fallbacks` (or
   `default_fallbacks`) are tried the same way.
 Every attempt is reported through `on_attempt`.
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from speechq.registry import Registry
+from storage.counters import Counters
 from worker.providers import get_provider
 from worker.providers.base import Deployment, SpeechProvider
 from worker.providers.errors import (
@@ -33,7 +34,6 @@ from worker.providers.errors import (
     RateLimited,
     RetryableError,
 )
-from worker.router_state import RouterState
 
 __all__ = ["Attempt", "RoutedResult", "AllDeploymentsFailed", "RouterSettings", "Router"]
 
@@ -98,7 +98,7 @@ class Router:
     def __init__(
         self,
         registry: Registry,
-        state: RouterState,
+        state: Counters,
         *,
         on_attempt: Callable[[Attempt], None],
         sleep: Callable[[float], None] = time.sleep,
@@ -177,13 +177,17 @@ class Router:
         fn: Callable[[SpeechProvider, Deployment], T],
         *,
         should_stop: Callable[[], bool] = lambda: False,
+        before_attempt: Callable[[], None] | None = None,
     ) -> RoutedResult[T]:
+        """`before_attempt` runs before every provider call and may raise to stop (budgets)."""
         last: ProviderError | None = None
         for deployment in self.candidates(model):
             for try_number in range(self.settings.num_retries + 1):
                 # Checked before every attempt but the first: the job was just claimed.
                 if last is not None and should_stop():
                     raise AllDeploymentsFailed("stopped", last=last)
+                if before_attempt is not None:
+                    before_attempt()
                 try:
                     return self._attempt(deployment, fn)
                 except InvalidInput:

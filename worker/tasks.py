@@ -13,12 +13,12 @@ from sqlalchemy import text
 from speechq.registry import load_registry
 from speechq.settings import get_settings
 from storage import queries
+from storage.counters import open_counters
 from storage.db import dispose_engines, get_engine, session_scope
 from storage.objects import open_object_store
 from worker.celery_app import celery_app, publish_job
 from worker.jobs import JobRunner
 from worker.providers import get_provider
-from worker.router_state import open_router_state
 
 __all__ = ["run_speech_job", "run_transcription_job", "sweep", "get_runner"]
 
@@ -50,7 +50,7 @@ def get_runner() -> JobRunner:
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
     )
-    state = open_router_state(
+    state = open_counters(
         broker_url=settings.resolved_broker_url, database_url=settings.resolved_database_url
     )
     return JobRunner(settings, load_registry(settings.config), store, state)

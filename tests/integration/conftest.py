@@ -148,6 +148,7 @@ def _config(fake: FakeOpenAI) -> dict[str, Any]:
                 },
             },
         ],
+        "end_user_budgets": {"capped-user": 0.0001},
         "router_settings": {
             "num_retries": 0,
             "fallbacks": [{"fallback-tts": ["openai-tts"]}],

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from speechq.registry import Registry, parse_config
+from storage.counters import Counters, DatabaseCounters, RedisCounters
 from storage.migrate import upgrade
 from tests.services import REDIS_HOST, REDIS_PORT, require_redis
 from worker.providers.base import Deployment, SpeechProvider
@@ -26,7 +27,6 @@ from worker.providers.errors import (
     UnsupportedFeature,
 )
 from worker.router import AllDeploymentsFailed, Attempt, Router
-from worker.router_state import DatabaseRouterState, RedisRouterState, RouterState
 
 REDIS_ROUTER_DB = 8
 
@@ -60,8 +60,8 @@ def state_url(kind: str, tmp_path: Path) -> str:
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_ROUTER_DB}"
 
 
-def open_state(url: str) -> RouterState:
-    return RedisRouterState(url) if url.startswith("redis") else DatabaseRouterState(url)
+def open_state(url: str) -> Counters:
+    return RedisCounters(url) if url.startswith("redis") else DatabaseCounters(url)
 
 
 @pytest.fixture(params=["database", "redis"])
@@ -70,7 +70,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def state(url: str) -> Iterator[RouterState]:
+def state(url: str) -> Iterator[Counters]:
     opened = open_state(url)
     yield opened
     opened.close()
@@ -107,7 +107,7 @@ class InOrder:
 
 
 def make_router(
-    state: RouterState,
+    state: Counters,
     registry: Registry | None = None,
     *,
     sleeps: list[float] | None = None,
@@ -132,7 +132,7 @@ def first_choice(router: Router) -> str:
 # --- state backends ------------------------------------------------------------------
 
 
-def test_state_incr_get_set_expire(state: RouterState) -> None:
+def test_state_incr_get_set_expire(state: Counters) -> None:
     assert state.get("k") is None
     assert state.incr("k", 1, ttl_s=0.5) == 1
     assert state.incr("k", 2.5, ttl_s=100) == 3.5
@@ -147,7 +147,7 @@ def test_state_incr_get_set_expire(state: RouterState) -> None:
 # --- retries and fallbacks --------------------------------------------------------------
 
 
-def test_retryable_error_retries_same_deployment(state: RouterState) -> None:
+def test_retryable_error_retries_same_deployment(state: Counters) -> None:
     sleeps: list[float] = []
     attempts: list[Attempt] = []
     router = make_router(state, sleeps=sleeps, attempts=attempts)
@@ -160,14 +160,14 @@ def test_retryable_error_retries_same_deployment(state: RouterState) -> None:
     assert len(sleeps) == 1 and 0 <= sleeps[0] <= 0.5
 
 
-def test_rate_limit_honours_retry_after(state: RouterState) -> None:
+def test_rate_limit_honours_retry_after(state: Counters) -> None:
     sleeps: list[float] = []
     router = make_router(state, sleeps=sleeps)
     router.call("tts", InOrder([RateLimited("slow down", retry_after_s=7), "audio"]))
     assert sleeps == [7]
 
 
-def test_backoff_grows_exponentially(state: RouterState) -> None:
+def test_backoff_grows_exponentially(state: Counters) -> None:
     sleeps: list[float] = []
     router = make_router(state, config(num_retries=3, allowed_fails=10), sleeps=sleeps)
     script = InOrder([ProviderUnavailable("x")] * 3 + ["ok"])
@@ -178,7 +178,7 @@ def test_backoff_grows_exponentially(state: RouterState) -> None:
         assert 0 <= slept <= 0.5 * 2**try_number
 
 
-def test_exhausted_retries_move_to_next_deployment_then_fallback(state: RouterState) -> None:
+def test_exhausted_retries_move_to_next_deployment_then_fallback(state: Counters) -> None:
     attempts: list[Attempt] = []
     router = make_router(state, config(allowed_fails=10), attempts=attempts)
     script = InOrder(
@@ -194,14 +194,14 @@ def test_exhausted_retries_move_to_next_deployment_then_fallback(state: RouterSt
     assert [a.deployment.model_name for a in attempts] == ["tts"] * 4 + ["backup"]
 
 
-def test_not_found_moves_on_without_retry(state: RouterState) -> None:
+def test_not_found_moves_on_without_retry(state: Counters) -> None:
     router = make_router(state)
     script = InOrder([UnsupportedFeature("no such model", status_code=404), "ok"])
     assert router.call("tts", script).value == "ok"
     assert sorted(script.calls) == ["a", "b"]
 
 
-def test_default_fallbacks(state: RouterState) -> None:
+def test_default_fallbacks(state: Counters) -> None:
     registry = config(fallbacks=[], default_fallbacks=["last-resort"])
     router = make_router(state, registry)
     script = Script(
@@ -211,7 +211,7 @@ def test_default_fallbacks(state: RouterState) -> None:
     assert router.model_chain("tts") == ["tts", "last-resort"]
 
 
-def test_invalid_input_fails_at_once(state: RouterState) -> None:
+def test_invalid_input_fails_at_once(state: Counters) -> None:
     attempts: list[Attempt] = []
     router = make_router(state, attempts=attempts)
     script = InOrder([InvalidInput("text too long", status_code=400)])
@@ -221,14 +221,14 @@ def test_invalid_input_fails_at_once(state: RouterState) -> None:
     assert len(attempts) == 1
 
 
-def test_all_failed_carries_last_error(state: RouterState) -> None:
+def test_all_failed_carries_last_error(state: Counters) -> None:
     script = Script({m: [AuthenticationFailed(f"no {m}")] for m in "abc"})
     with pytest.raises(AllDeploymentsFailed, match="no c") as info:
         make_router(state).call("tts", script)
     assert isinstance(info.value.last, AuthenticationFailed)
 
 
-def test_stop_is_checked_before_each_retry(state: RouterState) -> None:
+def test_stop_is_checked_before_each_retry(state: Counters) -> None:
     router = make_router(state, config(allowed_fails=10))
     answers = iter([False, True])
     checks: list[bool] = []
@@ -245,7 +245,7 @@ def test_stop_is_checked_before_each_retry(state: RouterState) -> None:
     assert checks == [False, True]
 
 
-def test_unexpected_exception_is_recorded_then_raised(state: RouterState) -> None:
+def test_unexpected_exception_is_recorded_then_raised(state: Counters) -> None:
     attempts: list[Attempt] = []
 
     def crash(provider: SpeechProvider, deployment: Deployment) -> str:
@@ -259,7 +259,7 @@ def test_unexpected_exception_is_recorded_then_raised(state: RouterState) -> Non
 # --- strategies ---------------------------------------------------------------------------
 
 
-def test_simple_shuffle_follows_weights(state: RouterState) -> None:
+def test_simple_shuffle_follows_weights(state: Counters) -> None:
     registry = parse_config(
         {
             "model_list": [
@@ -273,7 +273,7 @@ def test_simple_shuffle_follows_weights(state: RouterState) -> None:
     assert 0.86 < firsts["a"] / 2000 < 0.94
 
 
-def test_simple_shuffle_weights_by_rpm_without_weight(state: RouterState) -> None:
+def test_simple_shuffle_weights_by_rpm_without_weight(state: Counters) -> None:
     registry = parse_config(
         {
             "model_list": [
@@ -287,14 +287,14 @@ def test_simple_shuffle_weights_by_rpm_without_weight(state: RouterState) -> Non
     assert 0.70 < firsts["b"] / 2000 < 0.80
 
 
-def test_least_busy_picks_fewest_in_flight(state: RouterState) -> None:
+def test_least_busy_picks_fewest_in_flight(state: Counters) -> None:
     router = make_router(state, config(routing_strategy="least-busy"))
     state.incr("busy:tts#0", 3, 60)
     state.incr("busy:tts#1", 1, 60)
     assert [d.id for d in router.order("tts")] == ["tts#1", "tts#0"]
 
 
-def test_in_flight_count_returns_to_zero(state: RouterState) -> None:
+def test_in_flight_count_returns_to_zero(state: Counters) -> None:
     seen: list[float | None] = []
 
     def observe(provider: SpeechProvider, deployment: Deployment) -> str:
@@ -306,7 +306,7 @@ def test_in_flight_count_returns_to_zero(state: RouterState) -> None:
     assert state.get(f"busy:{routed.deployment.id}") == 0
 
 
-def test_latency_based_prefers_fastest_and_measures_new_ones_first(state: RouterState) -> None:
+def test_latency_based_prefers_fastest_and_measures_new_ones_first(state: Counters) -> None:
     router = make_router(state, config(routing_strategy="latency-based-routing"))
     state.set("latency:tts#0", 500, 60)
     assert [d.id for d in router.order("tts")] == ["tts#1", "tts#0"]  # unmeasured first
@@ -314,7 +314,7 @@ def test_latency_based_prefers_fastest_and_measures_new_ones_first(state: Router
     assert [d.id for d in router.order("tts")] == ["tts#0", "tts#1"]
 
 
-def test_latency_is_a_moving_average(state: RouterState) -> None:
+def test_latency_is_a_moving_average(state: Counters) -> None:
     router = make_router(state)
     router._record_latency(router.registry.deployments_for("tts")[0], 100)
     router._record_latency(router.registry.deployments_for("tts")[0], 200)
@@ -324,7 +324,7 @@ def test_latency_is_a_moving_average(state: RouterState) -> None:
 # --- cooldowns and rpm ---------------------------------------------------------------------
 
 
-def test_cooldown_after_allowed_fails_then_recovery(state: RouterState) -> None:
+def test_cooldown_after_allowed_fails_then_recovery(state: Counters) -> None:
     registry = config(
         routing_strategy="least-busy", allowed_fails=1, cooldown_time=1, num_retries=0
     )
@@ -344,14 +344,14 @@ def test_cooldown_after_allowed_fails_then_recovery(state: RouterState) -> None:
     assert state.get("cooldown:tts#0") is None
 
 
-def test_retries_stop_when_the_deployment_cools_down(state: RouterState) -> None:
+def test_retries_stop_when_the_deployment_cools_down(state: Counters) -> None:
     router = make_router(state, config(allowed_fails=0, num_retries=5))
     script = InOrder([ProviderUnavailable("down"), "ok"])
     assert router.call("tts", script).value == "ok"
     assert sorted(script.calls) == ["a", "b"]
 
 
-def test_rpm_limit_moves_traffic_to_the_next_deployment(state: RouterState) -> None:
+def test_rpm_limit_moves_traffic_to_the_next_deployment(state: Counters) -> None:
     registry = parse_config(
         {
             "model_list": [
@@ -370,12 +370,12 @@ def test_rpm_limit_moves_traffic_to_the_next_deployment(state: RouterState) -> N
 
 
 def test_routing_works_when_state_is_down() -> None:
-    broken = RedisRouterState("redis://127.0.0.1:1/0")  # nothing listens there
+    broken = RedisCounters("redis://127.0.0.1:1/0")  # nothing listens there
     router = make_router(broken, config(routing_strategy="latency-based-routing"))
     assert router.call("tts", lambda p, d: "ok").value == "ok"
 
 
-def test_unknown_strategy_is_refused(state: RouterState) -> None:
+def test_unknown_strategy_is_refused(state: Counters) -> None:
     with pytest.raises(ValueError, match="routing_strategy"):
         make_router(state, config(routing_strategy="round-robin"))
 
