@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.metrics import MetricsMiddleware
 from api.routes import audio, jobs, keys, models, ops, usage
+from api.schemas import ERROR_RESPONSES
 from api.state import build_state
 from speechq import __version__
 from speechq.settings import Settings, get_settings
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Queued text-to-speech and transcription with an OpenAI-compatible API.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.speechq = state
     install_error_handlers(app)

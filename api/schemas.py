@@ -24,6 +24,8 @@ __all__ = [
     "ModelsPublic",
     "UsageRow",
     "UsagePublic",
+    "ErrorEnvelope",
+    "ERROR_RESPONSES",
     "job_public",
     "key_public",
     "unix",
@@ -171,6 +173,42 @@ class UsagePublic(BaseModel):
     object: Literal["list"] = "list"
     data: list[UsageRow]
     total: UsageRow
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error, whatever raised it."""
+
+    error: ErrorBody
+
+
+_ERROR_STATUSES = {
+    400: "Invalid request (`invalid_request`, `input_too_long`, `guardrail_violation`, …)",
+    401: "Missing, unknown or revoked key",
+    403: "An admin route called with a non-admin key",
+    404: "Unknown id (or another tenant's), unknown model",
+    405: "Method not allowed",
+    409: "Job not finished, already finished, or an idempotency conflict",
+    410: "The result passed its retention time",
+    413: "Upload larger than the model allows",
+    415: "Audio of a kind not accepted",
+    416: "Range not satisfiable",
+    429: "Rate limit or budget",
+    500: "Internal error",
+    502: "Every deployment failed (synchronous routes)",
+    503: "Not ready",
+    504: "The job did not finish in time (synchronous routes)",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": description}
+    for status, description in _ERROR_STATUSES.items()
+}
 
 
 def unix(value: datetime | None) -> int | None:
