@@ -47,6 +47,8 @@ class Stack:
     data_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    # Every secret this stack has seen; none may appear in any log (checked at teardown).
+    secrets: set[str] = field(default_factory=set)
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key or self.master_key}"}
@@ -92,7 +94,9 @@ class Stack:
         with self.client() as client:
             response = client.post("/v1/keys", json=body)
             assert response.status_code == 200, response.text
-            return response.json()
+            created = response.json()
+            self.secrets.update({created["key"], created["webhook_secret"]})
+            return created
 
     def db_session(self) -> Session:
         """A session on this stack's database, for checks the API does not expose."""
@@ -234,6 +238,7 @@ def stack(
         for name in ("DATABASE_URL", "BROKER_URL", "STORAGE_URL", "S3_ENDPOINT_URL"):
             env.pop(f"SPEECHQ_{name}", None)
     stack = Stack(kind, f"http://127.0.0.1:{port}", master_key, env, data_dir)
+    stack.secrets.update({master_key, FAKE_OPENAI_KEY, "sk-wrong", "sk-also-wrong"})
     try:
         subprocess.run(
             [sys.executable, "-m", "speechq.cli", "migrate"],
@@ -250,3 +255,7 @@ def stack(
         stack.stop_all()
         for cleanup in reversed(cleanups):
             cleanup()
+    logs = stack.all_logs()
+    leaked = sorted(secret[:8] + "…" for secret in stack.secrets if secret in logs)
+    assert not leaked, f"secrets found in the {kind} stack's logs: {leaked}"
+    assert len(logs) > 1000, "the logs the secret check read are empty"

@@ -263,3 +263,38 @@ def test_operations_routes(stack: Stack) -> None:
     metrics = httpx.get(f"{stack.base_url}/metrics")
     assert metrics.status_code == 200
     assert "speechq_http_requests_total" in metrics.text
+
+
+def test_every_route_hides_another_tenants_objects(stack: Stack) -> None:
+    """Walk every operation in the OpenAPI schema with Bob's key against Alice's objects."""
+    import httpx
+
+    alice = stack.make_key(name="alice-walk")
+    bob = stack.make_key(name="bob-walk")
+    secret_text = "Alice's private sentence."
+    with stack.client(alice["key"]) as client:
+        job = client.post("/v1/jobs/speech", json={"model": "tts-1", "input": secret_text}).json()
+        stack.wait_for_job(client, job["id"])
+    schema = httpx.get(f"{stack.base_url}/openapi.json").json()
+    ids = {"job_id": job["id"], "key_id": alice["id"]}
+    walked = 0
+    with stack.client(bob["key"]) as client:
+        for path, operations in schema["paths"].items():
+            for method in operations:
+                if not path.startswith("/v1/") or path.startswith("/v1/audio/"):
+                    continue
+                if "{" not in path and method != "get":
+                    continue  # creates something of Bob's own; nothing of Alice's to reach
+                url = path.format(**ids)
+                response = client.request(method.upper(), url)
+                walked += 1
+                assert secret_text not in response.text, (method, path)
+                assert alice["key"] not in response.text and alice["webhook_secret"] not in (
+                    response.text
+                )
+                if "{" in path:
+                    expected = 403 if path.startswith("/v1/keys") else 404
+                    assert response.status_code == expected, (method, path, response.text)
+                else:
+                    assert job["id"] not in response.text, (method, path)
+    assert walked >= 7
