@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 from storage.models import ApiKey, Job, ProviderAttempt
 
@@ -25,6 +25,7 @@ __all__ = [
     "UsageRow",
     "UsagePublic",
     "ErrorEnvelope",
+    "METADATA",
     "ERROR_RESPONSES",
     "job_public",
     "key_public",
@@ -33,7 +34,10 @@ __all__ = [
 
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 TranscriptFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
-Metadata = dict[str, str]
+# Like OpenAI's metadata: up to 16 pairs, keys up to 64 and values up to 512 characters.
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
 
 MAX_SPEECH_JOB_CHARACTERS = 100_000
 
@@ -209,6 +213,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in _ERROR_STATUSES.items()
 }
+
+
+METADATA = TypeAdapter(Metadata)
 
 
 def unix(value: datetime | None) -> int | None:

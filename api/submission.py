@@ -33,9 +33,19 @@ def check_speech_input(text: str, max_characters: int) -> None:
         raise ApiError(
             400,
             "input_too_long",
-            f"'input' has {len(text)} characters; this endpoint takes at most {max_characters}.",
+            f"'input' has {len(text)} characters; at most {max_characters} are accepted here.",
             param="input",
         )
+
+
+def _model_max_characters(state: AppState, model: str) -> int | None:
+    """`model_info.max_characters`: the most one speech job for this model may hold."""
+    limits = [
+        int(d.model_info["max_characters"])
+        for d in state.registry.deployments_for(model)
+        if d.model_info.get("max_characters")
+    ]
+    return min(limits) if limits else None
 
 
 def check_model(state: AppState, model: str, mode: str) -> str:
@@ -69,8 +79,9 @@ def submit_speech(
     max_characters: int,
 ) -> Job:
     check_rate_limit(state, principal)
-    check_speech_input(body.input, max_characters)
-    check_model(state, body.model, SPEECH)
+    canonical = check_model(state, body.model, SPEECH)
+    model_limit = _model_max_characters(state, canonical)
+    check_speech_input(body.input, min(max_characters, model_limit or max_characters))
     check_budgets(state, session, principal, body.user)
     request = {
         "input": body.input,

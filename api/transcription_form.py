@@ -3,16 +3,17 @@ OpenAI-compatible `/v1/audio/transcriptions`: parse, check, store the audio, cre
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from api.deps import Principal
 from api.errors import ApiError
 from api.limits import check_budgets, check_rate_limit
+from api.schemas import METADATA
 from api.state import AppState
 from api.submission import check_model, submit_job
 from api.upload_form import parse_limited_form
@@ -156,17 +157,13 @@ def parse_transcription_fields(form: Any) -> dict[str, Any]:
     metadata = text("metadata", 16384)
     if metadata is not None:
         try:
-            parsed = json.loads(metadata)
-        except json.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
-        ):
+            fields["metadata"] = METADATA.validate_json(metadata)
+        except ValidationError:
             raise ApiError(
                 400,
                 "invalid_request",
-                "'metadata' must be a JSON object of string keys and string values.",
+                "'metadata' must be a JSON object of at most 16 string keys (up to 64 "
+                "characters) and string values (up to 512).",
                 param="metadata",
-            )
-        fields["metadata"] = parsed
+            ) from None
     return fields

@@ -129,6 +129,11 @@ def _config(fake: FakeOpenAI) -> dict[str, Any]:
     return {
         "model_list": [
             {"model_name": "local-tts", "litellm_params": {"model": "local/piper"}},
+            {
+                "model_name": "short-tts",
+                "litellm_params": {"model": "local/piper"},
+                "model_info": {"max_characters": 20},
+            },
             {"model_name": "local-stt", "litellm_params": {"model": "local/whisper"}},
             {
                 "model_name": "openai-tts",

@@ -298,3 +298,35 @@ def test_every_route_hides_another_tenants_objects(stack: Stack) -> None:
                 else:
                     assert job["id"] not in response.text, (method, path)
     assert walked >= 7
+
+
+def test_per_model_character_limit_and_metadata_ranges(stack: Stack) -> None:
+    with stack.client() as client:
+        error = _envelope(
+            client.post("/v1/jobs/speech", json={"model": "short-tts", "input": "x" * 21}),
+            400,
+            "input_too_long",
+        )
+        assert "at most 20" in error["message"]
+        assert (
+            client.post("/v1/jobs/speech", json={"model": "short-tts", "input": "x" * 20})
+        ).status_code == 202
+        too_many = {f"k{i}": "v" for i in range(17)}
+        _envelope(
+            client.post(
+                "/v1/jobs/speech", json={"model": "tts-1", "input": "hi", "metadata": too_many}
+            ),
+            400,
+            "invalid_request",
+        )
+        files = {"file": ("a.wav", b"RIFF", "audio/wav")}
+        error = _envelope(
+            client.post(
+                "/v1/jobs/transcriptions",
+                data={"model": "whisper-1", "metadata": '{"k": 1}'},
+                files=files,
+            ),
+            400,
+            "invalid_request",
+        )
+        assert error["param"] == "metadata"
