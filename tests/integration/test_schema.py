@@ -57,6 +57,7 @@ def test_api_conforms_to_its_openapi_schema(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             timeout=600,
+            cwd=tmp_path,  # it leaves a .schemathesis folder behind
         )
     finally:
         stack.stop_all()
