@@ -17,7 +17,7 @@ from api.schemas import METADATA
 from api.state import AppState
 from api.submission import check_model, submit_job
 from api.upload_form import parse_limited_form
-from api.uploads import max_upload_bytes, store_upload
+from api.uploads import fetch_and_store, max_upload_bytes, store_upload
 from speechq.domain import TRANSCRIPT_FORMATS
 from speechq.ids import new_id
 from speechq.registry import TRANSCRIPTION
@@ -34,9 +34,10 @@ TRANSCRIPTION_FORM_OPENAPI: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file", "model"],
+                    "required": ["model"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
+                        "url": {"type": "string", "description": "instead of file"},
                         "model": {"type": "string"},
                         "language": {"type": "string"},
                         "prompt": {"type": "string"},
@@ -60,16 +61,23 @@ async def accept_transcription(request: Request, state: AppState, principal: Pri
     try:
         fields = parse_transcription_fields(form)
         upload = form.get("file")
-        if not isinstance(upload, UploadFile):
+        url = fields.get("url")
+        if not isinstance(upload, UploadFile) and not url:
             raise ApiError(
-                400, "invalid_request", "Send the audio as the 'file' field.", param="file"
+                400,
+                "invalid_request",
+                "Send the audio as the 'file' field, or its address as 'url'.",
+                param="file",
             )
         model = fields["model"]
         canonical = check_model(state, model, TRANSCRIPTION)
         await run_in_threadpool(_check_budgets, state, principal, fields.get("user"))
         job_id = new_id("job")
         key = tenant_key(principal.tenant, "uploads", job_id, "input")
-        stored = await store_upload(state, canonical, upload, key)
+        if isinstance(upload, UploadFile):
+            stored = await store_upload(state, canonical, upload, key)
+        else:
+            stored = await run_in_threadpool(fetch_and_store, state, canonical, url, key)
         job_request = {
             "input_key": key,
             "filename": f"input.{stored.extension}",
@@ -126,6 +134,7 @@ def parse_transcription_fields(form: Any) -> dict[str, Any]:
         raise ApiError(400, "invalid_request", "'model' is required.", param="model")
     fields: dict[str, Any] = {
         "model": model,
+        "url": text("url", 2048),
         "language": text("language", 32),
         "prompt": text("prompt"),
         "user": text("user", 256),

@@ -73,11 +73,14 @@ async def parse_limited_form(request: Request, limit_for: Callable[[str | None],
     """`limit_for(model)` gives the byte limit for the model named so far (None: not yet
     seen, so the largest any model allows); the caller checks the final model again."""
     content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        # No file in such a form: fine for a transcription by `url`.
+        return await request.form(max_files=0, max_fields=32)
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(
             400,
             "invalid_request",
-            "Send the audio as multipart/form-data with a 'file' field.",
+            "Send the audio as multipart/form-data with a 'file' field (or a 'url' field).",
             param="file",
         )
     declared = request.headers.get("content-length")

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from fastapi.concurrency import run_in_threadpool
@@ -12,12 +14,20 @@ from starlette.datastructures import UploadFile
 from api.errors import ApiError
 from api.state import AppState
 from api.upload_form import file_too_large_error
+from speechq.net_guard import FetchError, TooLarge, UnsafeURL, fetch_to_file
 from speechq.registry import TRANSCRIPTION
 from worker import audio
 
-__all__ = ["StoredUpload", "DEFAULT_MAX_FILE_SIZE_MB", "max_upload_bytes", "store_upload"]
+__all__ = [
+    "StoredUpload",
+    "DEFAULT_MAX_FILE_SIZE_MB",
+    "max_upload_bytes",
+    "store_upload",
+    "fetch_and_store",
+]
 
 DEFAULT_MAX_FILE_SIZE_MB = 25.0
+FETCH_TIMEOUT_S = 30.0
 _EXTENSIONS = {
     "mp3": "mp3",
     "mp4": "m4a",
@@ -63,6 +73,32 @@ def _max_duration_seconds(state: AppState, model: str) -> float | None:
         if d.model_info.get("max_duration_seconds") is not None
     ]
     return min(limits) if limits else None
+
+
+def fetch_and_store(state: AppState, model: str, url: str, key: str) -> StoredUpload:
+    """Fetch audio by URL (public addresses only, no redirects, the upload size limit while
+    it streams), then check and store it like an upload."""
+    limit = max_upload_bytes(state, model)
+    with tempfile.TemporaryDirectory(prefix="speechq-fetch-") as tmp:
+        path = Path(tmp) / "audio"
+        try:
+            fetch_to_file(
+                url,
+                path,
+                max_bytes=limit,
+                allow_private=state.settings.webhook_allow_private,
+                timeout_s=FETCH_TIMEOUT_S,
+            )
+        except UnsafeURL as exc:
+            raise ApiError(400, "invalid_request", str(exc), param="url") from None
+        except TooLarge as exc:
+            raise file_too_large_error(exc.passed_bytes, exc.max_bytes) from None
+        except FetchError as exc:
+            raise ApiError(
+                400, "invalid_request", f"Could not fetch 'url': {exc}", param="url"
+            ) from None
+        with path.open("rb") as file:
+            return _check_and_store(state, model, file, key)
 
 
 async def store_upload(state: AppState, model: str, upload: UploadFile, key: str) -> StoredUpload:

@@ -192,6 +192,26 @@ def _wait_healthy(stack: Stack) -> None:
     raise RuntimeError(f"stack not ready in {STARTUP_TIMEOUT_S}s:\n{stack.all_logs()[-4000:]}")
 
 
+@pytest.fixture(scope="session")
+def bare_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """An API on the embedded default with no worker (jobs stay queued) and the production
+    default of refusing private addresses."""
+    data_dir = tmp_path_factory.mktemp("bare-api")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPEECHQ_")}
+    env.update({"SPEECHQ_DATA_DIR": str(data_dir), "SPEECHQ_MASTER_KEY": "sq-master-bare"})
+    port = free_port()
+    subprocess.run(
+        [sys.executable, "-m", "speechq.cli", "migrate"], env=env, check=True, capture_output=True
+    )
+    stack = Stack("embedded", f"http://127.0.0.1:{port}", "sq-master-bare", env, data_dir)
+    stack.start("api", "api", "--port", str(port))
+    try:
+        _wait_healthy(stack)
+        yield stack
+    finally:
+        stack.stop_all()
+
+
 @pytest.fixture(scope="session", params=["embedded", "production"])
 def stack(
     request: pytest.FixtureRequest,
@@ -213,6 +233,8 @@ def stack(
         "SPEECHQ_CONFIG": str(config_path),
         "SPEECHQ_MASTER_KEY": master_key,
         "SPEECHQ_REQUEUE_AFTER_SECONDS": "3",
+        # Test servers (audio by URL, webhook receivers) listen on 127.0.0.1.
+        "SPEECHQ_WEBHOOK_ALLOW_PRIVATE": "true",
         # Shorter than the slow fake provider, so the 504 path is reachable.
         "SPEECHQ_SYNC_TIMEOUT_SECONDS": "4.5",
         "SPEECHQ_LOG_LEVEL": "INFO",

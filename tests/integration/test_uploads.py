@@ -110,3 +110,56 @@ def test_upload_over_the_limit_is_refused_early_with_flat_memory(
 def _transcription_jobs(stack: Stack) -> int:
     with stack.db_session() as session:
         return int(session.scalar(select(func.count()).where(Job.type == "transcription")) or 0)
+
+
+def _serve_file(data: bytes) -> tuple[str, object]:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/wav")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/fox.wav", server
+
+
+def test_transcription_by_url(stack: Stack) -> None:
+    with stack.client() as client:
+        speech = client.post(
+            "/v1/jobs/speech",
+            json={"model": "tts-1", "input": "Fetch me by address.", "response_format": "wav"},
+        ).json()
+        wav = client.get(stack.wait_for_job(client, speech["id"])["result"]["content_url"])
+        url, server = _serve_file(wav.content)
+        try:
+            job = client.post("/v1/jobs/transcriptions", data={"model": "whisper-1", "url": url})
+            assert job.status_code == 202, job.text
+            done = stack.wait_for_job(client, job.json()["id"])
+        finally:
+            server.shutdown()  # type: ignore[attr-defined]
+    assert done["status"] == "succeeded", done
+    assert "address" in done["result"]["text"].lower()
+
+
+def test_url_to_a_private_address_is_refused(bare_api: Stack) -> None:
+    url, server = _serve_file(b"RIFF")
+    try:
+        with bare_api.client() as client:
+            response = client.post(
+                "/v1/jobs/transcriptions", data={"model": "whisper-1", "url": url}
+            )
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "url"
+    assert "127.0.0.1" in error["message"]
