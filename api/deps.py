@@ -36,6 +36,7 @@ class Principal:
     webhook_secret: str | None = None
     budget_usd: float | None = None
     rpm_limit: int | None = None
+    guardrails: tuple[str, ...] = ()
 
     @property
     def tenant(self) -> str:
@@ -96,6 +97,7 @@ def get_principal(request: Request, state: StateDep, session: SessionDep) -> Pri
         webhook_secret=row.webhook_secret,
         budget_usd=row.budget_usd,
         rpm_limit=row.rpm_limit,
+        guardrails=tuple(row.guardrails or ()),
     )
 
 

@@ -123,6 +123,10 @@ class KeyCreate(BaseModel):
     budget_usd: float | None = Field(default=None, ge=0)
     rpm_limit: int | None = Field(default=None, ge=1)
     is_admin: bool = False
+    # Config guardrails (by name) this key opts into, beyond those on by default.
+    guardrails: list[Annotated[str, StringConstraints(max_length=200)]] | None = Field(
+        default=None, max_length=50
+    )
 
 
 class KeyPublic(BaseModel):
@@ -133,6 +137,7 @@ class KeyPublic(BaseModel):
     budget_usd: float | None
     rpm_limit: int | None
     is_admin: bool
+    guardrails: list[str] | None = None
     created_at: int
     revoked_at: int | None = None
 
@@ -269,6 +274,7 @@ def key_public(row: ApiKey) -> KeyPublic:
         budget_usd=row.budget_usd,
         rpm_limit=row.rpm_limit,
         is_admin=row.is_admin,
+        guardrails=row.guardrails,
         created_at=unix(row.created_at) or 0,
         revoked_at=unix(row.revoked_at),
     )

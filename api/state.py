@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+from speechq.guardrails import Guardrails, parse_guardrails
 from speechq.job_events import JobEventPublisher, JobWaiter
 from speechq.registry import Registry, load_registry
 from speechq.settings import Settings
@@ -25,6 +26,7 @@ class AppState:
     waiter: JobWaiter
     events: JobEventPublisher
     counters: Counters
+    guardrails: Guardrails
 
     @property
     def database_url(self) -> str:
@@ -32,9 +34,10 @@ class AppState:
 
 
 def build_state(settings: Settings) -> AppState:
+    registry = load_registry(settings.config)
     return AppState(
         settings=settings,
-        registry=load_registry(settings.config),
+        registry=registry,
         store=open_object_store(
             settings.resolved_storage_url,
             endpoint_url=settings.s3_endpoint_url,
@@ -46,4 +49,5 @@ def build_state(settings: Settings) -> AppState:
         counters=open_counters(
             broker_url=settings.resolved_broker_url, database_url=settings.resolved_database_url
         ),
+        guardrails=parse_guardrails(registry.raw.get("guardrails"), resolve_model=registry.resolve),
     )

@@ -14,12 +14,20 @@ from api.limits import check_budgets, check_rate_limit
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import SpeechJobCreate
 from api.state import AppState
+from speechq.guardrails import GuardrailViolation
 from speechq.registry import SPEECH, TRANSCRIPTION
 from storage import queries
 from storage.models import Job
 from worker.celery_app import publish_job
 
-__all__ = ["check_speech_input", "check_model", "submit_speech", "submit_job", "publish"]
+__all__ = [
+    "apply_guardrails",
+    "check_speech_input",
+    "check_model",
+    "submit_speech",
+    "submit_job",
+    "publish",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,20 @@ def _model_max_characters(state: AppState, model: str) -> int | None:
         if d.model_info.get("max_characters")
     ]
     return min(limits) if limits else None
+
+
+def apply_guardrails(
+    state: AppState, principal: Principal, model: str, text: str, *, param: str
+) -> str:
+    """The text the provider will get (and that is billed): masked or rewritten by the
+    guardrails that apply, or refused with 400 guardrail_violation."""
+    try:
+        result = state.guardrails.check(
+            text, model=model, param=param, selected=principal.guardrails, stage="input"
+        )
+    except GuardrailViolation as exc:
+        raise ApiError(400, "guardrail_violation", exc.message, param=exc.param) from None
+    return result.text
 
 
 def check_model(state: AppState, model: str, mode: str) -> str:
@@ -80,11 +102,14 @@ def submit_speech(
 ) -> Job:
     check_rate_limit(state, principal)
     canonical = check_model(state, body.model, SPEECH)
-    model_limit = _model_max_characters(state, canonical)
-    check_speech_input(body.input, min(max_characters, model_limit or max_characters))
+    limit = min(max_characters, _model_max_characters(state, canonical) or max_characters)
+    check_speech_input(body.input, limit)
+    text = apply_guardrails(state, principal, canonical, body.input, param="input")
+    if text != body.input:
+        check_speech_input(text, limit)  # a rewrite may have emptied or grown it
     check_budgets(state, session, principal, body.user)
     request = {
-        "input": body.input,
+        "input": text,
         "voice": body.voice,
         "response_format": body.response_format,
         "speed": body.speed,

@@ -44,6 +44,8 @@ class ApiKey(Base):
     # Kept as given: the worker needs it to sign webhooks.
     webhook_secret: Mapped[str] = mapped_column(String(100))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Names of config guardrails this key opts into, beyond those on by default.
+    guardrails: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
 

@@ -56,6 +56,7 @@ def create_api_key(
     budget_usd: float | None = None,
     rpm_limit: int | None = None,
     is_admin: bool = False,
+    guardrails: list[str] | None = None,
 ) -> tuple[ApiKey, str]:
     """Returns the row and the plaintext key, which is not stored and not shown again."""
     plaintext = generate_api_key()
@@ -69,6 +70,7 @@ def create_api_key(
         rpm_limit=rpm_limit,
         webhook_secret=generate_webhook_secret(),
         is_admin=is_admin,
+        guardrails=guardrails,
         created_at=utcnow(),
     )
     session.add(row)

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from speechq.domain import AUDIO_CONTENT_TYPES, JobStatus
+from speechq.guardrails import OUTPUT, GuardrailViolation, parse_guardrails
 from speechq.job_events import JobEventPublisher
 from speechq.pricing import cost_usd
 from speechq.registry import Registry
@@ -87,6 +88,9 @@ class JobRunner:
         self.store = store
         self.counters = counters
         self.events = JobEventPublisher(settings.resolved_broker_url)
+        self.guardrails = parse_guardrails(
+            registry.raw.get("guardrails"), resolve_model=registry.resolve
+        )
         self.db_url = settings.resolved_database_url
 
     def run(self, job_id: str) -> str | None:
@@ -100,15 +104,18 @@ class JobRunner:
             job = _Claimed.of(row)
         attempts = _AttemptLog(self.db_url, job.id)
         router = Router(self.registry, self.counters, on_attempt=attempts.add)
-        guard = self._budget_guard(job)
+        key = self._key_facts(job)
+        guard = self._budget_guard(job, key.budget_usd)
         try:
             if job.type == "speech":
                 return self._run_speech(job, router, attempts, guard)
-            return self._run_transcription(job, router, attempts, guard)
+            return self._run_transcription(job, router, attempts, guard, key.guardrails)
         except InvalidInput as exc:
             return self._fail(job.id, attempts, "invalid_input", exc.message)
         except BudgetExceeded as exc:
             return self._fail(job.id, attempts, "budget_exceeded", str(exc))
+        except GuardrailViolation as exc:
+            return self._fail(job.id, attempts, "guardrail_violation", exc.message)
         except AllDeploymentsFailed as exc:
             return self._fail(job.id, attempts, "provider_error", str(exc))
         except audio.InvalidAudio as exc:
@@ -219,7 +226,12 @@ class JobRunner:
     # --- transcription --------------------------------------------------------------------
 
     def _run_transcription(
-        self, job: _Claimed, router: Router, attempts: _AttemptLog, guard: _Guard
+        self,
+        job: _Claimed,
+        router: Router,
+        attempts: _AttemptLog,
+        guard: _Guard,
+        selected_guardrails: tuple[str, ...],
     ) -> str:
         req = job.request
         with tempfile.TemporaryDirectory(prefix="speechq-") as tmp:
@@ -248,12 +260,13 @@ class JobRunner:
             )
         produced = routed.value
         duration = produced.duration_seconds or input_seconds
+        screen = self._output_screen(job, selected_guardrails)
         transcript = {
-            "text": produced.text,
+            "text": screen(produced.text),
             "language": produced.language,
             "duration": round(duration, 3),
             "segments": [
-                {"start": s.start, "end": s.end, "text": s.text} for s in produced.segments
+                {"start": s.start, "end": s.end, "text": screen(s.text)} for s in produced.segments
             ],
         }
         fmt = req.get("response_format", "json")
@@ -265,7 +278,7 @@ class JobRunner:
             "content_type": content_type,
             "bytes": len(body),
             "duration_seconds": round(duration, 3),
-            "text": produced.text,
+            "text": transcript["text"],
             "language": produced.language,
         }
         usage = self._usage_row(job, routed, call_key="main", input_audio_seconds=duration)
@@ -335,13 +348,30 @@ class JobRunner:
         self.events.job_ended(job_id)
         return JobStatus.failed.value if failed else JobStatus.canceled.value
 
-    def _budget_guard(self, job: _Claimed) -> _Guard:
+    def _key_facts(self, job: _Claimed) -> _KeyFacts:
+        if job.key_id is None:
+            return _KeyFacts(None, ())
+        with session_scope(self.db_url) as session:
+            key = session.get(ApiKey, job.key_id)
+            if key is None:
+                return _KeyFacts(None, ())
+            return _KeyFacts(key.budget_usd, tuple(key.guardrails or ()))
+
+    def _output_screen(self, job: _Claimed, selected: tuple[str, ...]) -> Callable[[str], str]:
+        """Transcript text through the output-stage guardrails (mask or block)."""
+        model = self.registry.resolve(job.model) or job.model
+        if not self.guardrails.active(model=model, selected=selected, stage=OUTPUT):
+            return lambda text: text
+
+        def screen(text: str) -> str:
+            return self.guardrails.check(
+                text, model=model, param="text", selected=selected, stage=OUTPUT
+            ).text
+
+        return screen
+
+    def _budget_guard(self, job: _Claimed, key_budget: float | None) -> _Guard:
         """A check run before each provider call when a budget applies, else None."""
-        key_budget = None
-        if job.key_id is not None:
-            with session_scope(self.db_url) as session:
-                key = session.get(ApiKey, job.key_id)
-                key_budget = key.budget_usd if key is not None else None
         user_budget = self.registry.end_user_budget(job.user)
         if key_budget is None and user_budget is None:
             return None
@@ -363,6 +393,12 @@ class JobRunner:
         with session_scope(self.db_url) as session:
             job = queries.get_job(session, job_id=job_id, tenant=None)
             return job is None or job.status != JobStatus.running.value
+
+
+@dataclass(frozen=True)
+class _KeyFacts:
+    budget_usd: float | None
+    guardrails: tuple[str, ...]
 
 
 class BudgetExceeded(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import AdminKey, SessionDep
+from api.deps import AdminKey, SessionDep, StateDep
 from api.errors import ApiError
 from api.schemas import KeyCreate, KeyCreated, KeyDeleted, KeysPublic, key_public
 from storage import queries
@@ -13,7 +13,15 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
 @router.post("", response_model=KeyCreated)
-def create_key(body: KeyCreate, session: SessionDep, _: AdminKey) -> KeyCreated:
+def create_key(body: KeyCreate, state: StateDep, session: SessionDep, _: AdminKey) -> KeyCreated:
+    unknown = state.guardrails.unknown_names(body.guardrails or [])
+    if unknown:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"No guardrail named {', '.join(map(repr, unknown))} in the config.",
+            param="guardrails",
+        )
     row, plaintext = queries.create_api_key(
         session,
         name=body.name,
@@ -21,6 +29,7 @@ def create_key(body: KeyCreate, session: SessionDep, _: AdminKey) -> KeyCreated:
         budget_usd=body.budget_usd,
         rpm_limit=body.rpm_limit,
         is_admin=body.is_admin,
+        guardrails=body.guardrails,
     )
     session.commit()
     # The only response that ever carries the key and its webhook secret.

@@ -158,6 +158,28 @@ def _config(fake: FakeOpenAI) -> dict[str, Any]:
             },
         ],
         "end_user_budgets": {"capped-user": 0.0001},
+        "guardrails": [
+            {
+                "guardrail_name": "no-banned-words",
+                "type": "denylist",
+                "words": ["forbiddenword"],
+                "mode": "block",
+            },
+            {
+                "guardrail_name": "pii-mask",
+                "type": "pii",
+                "mode": "mask",
+                "default_on": False,
+            },
+            {
+                "guardrail_name": "no-fox",
+                "type": "denylist",
+                "words": ["fox"],
+                "mode": "mask",
+                "apply_to": ["output"],
+                "default_on": False,
+            },
+        ],
         "router_settings": {
             "num_retries": 0,
             "fallbacks": [{"fallback-tts": ["openai-tts"]}],
