@@ -197,6 +197,8 @@ class JobRunner:
                 call_key=f"piece-{index}" if len(pieces) > 1 else "main",
                 characters=piece_routed.value.characters or len(text),
                 output_audio_seconds=seconds,
+                input_tokens=piece_routed.value.input_tokens,
+                output_tokens=piece_routed.value.output_tokens,
             )
             for index, (piece_routed, text, seconds) in enumerate(
                 zip(routed, pieces, piece_seconds, strict=True)
@@ -281,7 +283,14 @@ class JobRunner:
             "text": transcript["text"],
             "language": produced.language,
         }
-        usage = self._usage_row(job, routed, call_key="main", input_audio_seconds=duration)
+        usage = self._usage_row(
+            job,
+            routed,
+            call_key="main",
+            input_audio_seconds=duration,
+            input_tokens=produced.input_tokens,
+            output_tokens=produced.output_tokens,
+        )
         return self._complete(job, attempts, result, [usage], key)
 
     # --- shared steps ---------------------------------------------------------------------
@@ -295,6 +304,8 @@ class JobRunner:
         characters: int = 0,
         input_audio_seconds: float = 0.0,
         output_audio_seconds: float = 0.0,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
     ) -> UsageRecord:
         deployment = routed.deployment
         return UsageRecord(
@@ -315,6 +326,8 @@ class JobRunner:
                 characters=characters,
                 input_audio_seconds=input_audio_seconds,
                 output_audio_seconds=output_audio_seconds,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
             ),
             latency_ms=routed.latency_ms,
             created_at=utcnow(),

@@ -61,6 +61,9 @@ class SynthesisResult:
     sample_rate: int | None = None
     characters: int = 0  # billable characters
     request_id: str | None = None
+    # The provider's own usage counts, for token-billed models; None when not reported.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class TranscriptionResult:
     duration_seconds: float | None = None
     segments: tuple[TranscriptSegment, ...] = ()
     request_id: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 class SpeechProvider:

@@ -147,6 +147,8 @@ class SpeechAudio:
     audio_format: str  # "pcm" (s16le mono at sample_rate) or a container name
     sample_rate: int | None
     response_id: str | None = None
+    input_tokens: int | None = None  # usageMetadata.promptTokenCount
+    output_tokens: int | None = None  # usageMetadata.candidatesTokenCount
 
 
 class GeminiProvider(SpeechProvider):
@@ -206,6 +208,8 @@ def synthesize_gemini_speech(
         sample_rate=audio.sample_rate,
         characters=len(request.text),  # the text only, not our style prompt
         request_id=audio.response_id,
+        input_tokens=audio.input_tokens,
+        output_tokens=audio.output_tokens,
     )
 
 
@@ -285,7 +289,19 @@ def parse_speech_response(response: httpx.Response, *, provider: str) -> SpeechA
     audio = b"".join(chunks)
     if not audio:
         raise _no_audio_error(provider, finish_reason)
-    return SpeechAudio(audio, audio_format, sample_rate, response_id)
+    usage = body.get("usageMetadata") if isinstance(body.get("usageMetadata"), dict) else {}
+    return SpeechAudio(
+        audio,
+        audio_format,
+        sample_rate,
+        response_id,
+        input_tokens=_count(usage.get("promptTokenCount")),
+        output_tokens=_count(usage.get("candidatesTokenCount")),
+    )
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 @dataclass(frozen=True)

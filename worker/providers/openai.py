@@ -241,6 +241,9 @@ def _parse_transcription_json(
     except (KeyError, TypeError, ValueError) as exc:
         raise ProviderUnavailable(f"{label}: transcription segments are malformed") from exc
     language = body.get("language")
+    # gpt-4o-*-transcribe report token usage ({"type": "tokens", ...}); whisper-1 seconds.
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    tokens = usage.get("type") == "tokens"
     return TranscriptionResult(
         text=body["text"].strip(),
         # Whisper names the language ("english"); compatible servers may send a code.
@@ -248,6 +251,8 @@ def _parse_transcription_json(
         duration_seconds=duration_seconds,
         segments=segments,
         request_id=request_id,
+        input_tokens=_token_count(usage.get("input_tokens")) if tokens else None,
+        output_tokens=_token_count(usage.get("output_tokens")) if tokens else None,
     )
 
 
@@ -278,3 +283,7 @@ def _upload_filename(filename: str, audio_path: Path) -> str:
     if Path(filename).suffix or not audio_path.suffix:
         return filename
     return f"{filename}{audio_path.suffix}"
+
+
+def _token_count(value: object) -> int | None:
+    return value if isinstance(value, int) and value >= 0 else None
