@@ -136,6 +136,11 @@ def _config(fake: FakeOpenAI) -> dict[str, Any]:
             },
             {"model_name": "local-stt", "litellm_params": {"model": "local/whisper"}},
             {
+                "model_name": "short-stt",
+                "litellm_params": {"model": "local/whisper"},
+                "model_info": {"max_duration_seconds": 1},
+            },
+            {
                 "model_name": "openai-tts",
                 "litellm_params": {"model": "openai/tts-1", **openai_params},
             },

@@ -163,3 +163,35 @@ def test_url_to_a_private_address_is_refused(bare_api: Stack) -> None:
     error = response.json()["error"]
     assert error["param"] == "url"
     assert "127.0.0.1" in error["message"]
+
+
+def test_audio_is_judged_by_content_and_duration(stack: Stack) -> None:
+    from tests.fakes import tone_pcm
+    from worker.audio import encode_pcm
+
+    two_seconds = tone_pcm(2.0, 24000)
+    with stack.client() as client:
+        # Decodable audio of a kind not accepted (raw ADTS AAC), even when named .mp3.
+        aac = encode_pcm(two_seconds, 24000, "aac")
+        refused = client.post(
+            "/v1/jobs/transcriptions",
+            data={"model": "whisper-1"},
+            files={"file": ("speech.mp3", aac, "audio/mpeg")},
+        )
+        # A wav named .txt with a text content type is still a wav.
+        wav = encode_pcm(two_seconds, 24000, "wav")
+        accepted = client.post(
+            "/v1/jobs/transcriptions",
+            data={"model": "whisper-1"},
+            files={"file": ("notes.txt", wav, "text/plain")},
+        )
+        too_long = client.post(
+            "/v1/jobs/transcriptions",
+            data={"model": "short-stt"},
+            files={"file": ("a.wav", wav, "audio/wav")},
+        )
+    assert refused.status_code == 415
+    assert refused.json()["error"]["code"] == "unsupported_format"
+    assert accepted.status_code == 202, accepted.text
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["code"] == "audio_too_long"
