@@ -19,6 +19,7 @@ from storage.objects import open_object_store
 from worker.celery_app import celery_app, publish_job
 from worker.jobs import JobRunner
 from worker.providers import get_provider
+from worker.retention import expire_results
 
 __all__ = ["run_speech_job", "run_transcription_job", "sweep", "get_runner"]
 
@@ -89,6 +90,7 @@ def sweep() -> dict[str, int]:
             queries.mark_enqueued(session, job_id=job_id)
         requeued += 1
     cleaned = _clean_broker_rows(settings.resolved_broker_url)
+    expired = expire_results(url, get_runner().store)
     if requeued or reclaimed or cleaned:
         log.info(
             "sweep: requeued=%d reclaimed=%d broker_rows_deleted=%d",
@@ -96,7 +98,12 @@ def sweep() -> dict[str, int]:
             len(reclaimed),
             cleaned,
         )
-    return {"requeued": requeued, "reclaimed": len(reclaimed), "broker_rows_deleted": cleaned}
+    return {
+        "requeued": requeued,
+        "reclaimed": len(reclaimed),
+        "broker_rows_deleted": cleaned,
+        "results_expired": expired,
+    }
 
 
 def _clean_broker_rows(broker_url: str) -> int:

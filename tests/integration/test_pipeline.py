@@ -311,3 +311,38 @@ def test_fallback_model_answers_when_every_deployment_fails(stack: Stack) -> Non
     assert done["usage"]["cost_usd"] == pytest.approx(len("Caught by the net.") * 0.000015)
     with stack.db_session() as session:
         assert session.scalar(select(func.count()).where(UsageRecord.job_id == job["id"])) == 1
+
+
+def test_expired_result_is_deleted_and_its_content_is_410(stack: Stack) -> None:
+    from datetime import timedelta
+
+    from storage.models import utcnow
+    from storage.objects import open_object_store
+    from worker.retention import expire_results
+
+    with stack.client() as client:
+        job = client.post("/v1/jobs/speech", json={"model": "tts-1", "input": "Gone soon."}).json()
+        done = stack.wait_for_job(client, job["id"])
+        assert client.get(done["result"]["content_url"]).status_code == 200
+    settings = Settings(
+        database_url=stack.env.get("SPEECHQ_DATABASE_URL"),
+        storage_url=stack.env.get("SPEECHQ_STORAGE_URL"),
+        s3_endpoint_url=stack.env.get("SPEECHQ_S3_ENDPOINT_URL"),
+        data_dir=stack.data_dir,
+    )
+    store = open_object_store(settings.resolved_storage_url, endpoint_url=settings.s3_endpoint_url)
+    with stack.db_session() as session:
+        row = session.get(Job, job["id"])
+        assert row is not None and row.expires_at is not None
+        key = row.result["object_key"]  # type: ignore[index]
+        row.expires_at = utcnow() - timedelta(seconds=1)
+        session.commit()
+    assert store.exists(key)
+    assert expire_results(settings.resolved_database_url, store) >= 1
+    assert not store.exists(key)
+    with stack.client() as client:
+        gone = client.get(f"/v1/jobs/{job['id']}/content")
+        still = client.get(f"/v1/jobs/{job['id']}").json()
+    assert gone.status_code == 410
+    assert gone.json()["error"]["code"] == "expired"
+    assert still["status"] == "succeeded"
