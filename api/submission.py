@@ -4,12 +4,15 @@ stays queued, safe in the database, and the sweeper publishes it again."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import Principal
 from api.errors import ApiError
+from api.idempotency import Idempotency, find_previous
 from api.limits import check_budgets, check_rate_limit
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import SpeechJobCreate
@@ -26,6 +29,7 @@ __all__ = [
     "check_model",
     "submit_speech",
     "submit_job",
+    "Submitted",
     "publish",
 ]
 
@@ -99,7 +103,10 @@ def submit_speech(
     body: SpeechJobCreate,
     *,
     max_characters: int,
-) -> Job:
+    idempotency: Idempotency | None = None,
+) -> Submitted:
+    if idempotency is not None and (previous := find_previous(session, principal, idempotency)):
+        return Submitted(previous, created=False)
     check_rate_limit(state, principal)
     canonical = check_model(state, body.model, SPEECH)
     limit = min(max_characters, _model_max_characters(state, canonical) or max_characters)
@@ -125,7 +132,18 @@ def submit_speech(
         user=body.user,
         metadata=body.metadata,
         webhook_url=body.webhook_url,
+        idempotency=idempotency,
     )
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    created: bool  # False: an Idempotency-Key replay of an earlier job
+
+    @property
+    def status_code(self) -> int:
+        return 202 if self.created else 200
 
 
 def submit_job(
@@ -140,7 +158,8 @@ def submit_job(
     metadata: dict[str, str] | None,
     webhook_url: str | None,
     job_id: str | None = None,
-) -> Job:
+    idempotency: Idempotency | None = None,
+) -> Submitted:
     """Create the job row, commit, publish. The caller has checked limits and budgets."""
     job = queries.create_job(
         session,
@@ -154,11 +173,21 @@ def submit_job(
         metadata=metadata,
         webhook_url=webhook_url,
         request=request,
+        idempotency_key=idempotency.key if idempotency else None,
+        request_hash=idempotency.request_hash if idempotency else None,
     )
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert.
+        session.rollback()
+        previous = find_previous(session, principal, idempotency) if idempotency else None
+        if previous is None:
+            raise
+        return Submitted(previous, created=False)
     JOBS_SUBMITTED.labels(job_type).inc()
     publish(state, job)
-    return job
+    return Submitted(job, created=True)
 
 
 def publish(state: AppState, job: Job) -> None:

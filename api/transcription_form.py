@@ -3,6 +3,7 @@ OpenAI-compatible `/v1/audio/transcriptions`: parse, check, store the audio, cre
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from fastapi import Request
@@ -12,10 +13,11 @@ from starlette.datastructures import UploadFile
 
 from api.deps import Principal
 from api.errors import ApiError
+from api.idempotency import Idempotency, find_previous, idempotency_of
 from api.limits import check_budgets, check_rate_limit
 from api.schemas import METADATA
 from api.state import AppState
-from api.submission import check_model, submit_job
+from api.submission import Submitted, check_model, submit_job
 from api.upload_form import parse_limited_form
 from api.uploads import fetch_and_store, max_upload_bytes, store_upload
 from speechq.domain import TRANSCRIPT_FORMATS
@@ -54,9 +56,10 @@ TRANSCRIPTION_FORM_OPENAPI: dict[str, Any] = {
 }
 
 
-async def accept_transcription(request: Request, state: AppState, principal: Principal) -> Job:
+async def accept_transcription(
+    request: Request, state: AppState, principal: Principal
+) -> Submitted:
     """Parse the multipart form, store the audio, create and publish the job."""
-    check_rate_limit(state, principal)
     form = await parse_limited_form(request, lambda model: max_upload_bytes(state, model))
     try:
         fields = parse_transcription_fields(form)
@@ -69,6 +72,16 @@ async def accept_transcription(request: Request, state: AppState, principal: Pri
                 "Send the audio as the 'file' field, or its address as 'url'.",
                 param="file",
             )
+        idempotency = None
+        if request.headers.get("idempotency-key") is not None:
+            file_hash = (
+                await run_in_threadpool(_sha256, upload) if isinstance(upload, UploadFile) else None
+            )
+            idempotency = idempotency_of(request, {**fields, "file_sha256": file_hash})
+            previous = await run_in_threadpool(_previous, state, principal, idempotency)
+            if previous is not None:
+                return Submitted(previous, created=False)
+        check_rate_limit(state, principal)
         model = fields["model"]
         canonical = check_model(state, model, TRANSCRIPTION)
         await run_in_threadpool(_check_budgets, state, principal, fields.get("user"))
@@ -88,7 +101,7 @@ async def accept_transcription(request: Request, state: AppState, principal: Pri
             "temperature": fields.get("temperature"),
         }
 
-        def submit() -> Job:
+        def submit() -> Submitted:
             with get_sessionmaker(state.database_url)() as session:
                 return submit_job(
                     state,
@@ -101,11 +114,30 @@ async def accept_transcription(request: Request, state: AppState, principal: Pri
                     metadata=fields.get("metadata"),
                     webhook_url=fields.get("webhook_url"),
                     job_id=job_id,
+                    idempotency=idempotency,
                 )
 
-        return await run_in_threadpool(submit)
+        submitted = await run_in_threadpool(submit)
+        if not submitted.created:
+            # A concurrent twin made the job first; drop the copy we stored.
+            state.store.delete(key)
+        return submitted
     finally:
         await form.close()
+
+
+def _sha256(upload: UploadFile) -> str:
+    digest = hashlib.sha256()
+    upload.file.seek(0)
+    while chunk := upload.file.read(1 << 20):
+        digest.update(chunk)
+    upload.file.seek(0)
+    return digest.hexdigest()
+
+
+def _previous(state: AppState, principal: Principal, idempotency: Idempotency) -> Job | None:
+    with get_sessionmaker(state.database_url)() as session:
+        return find_previous(session, principal, idempotency)
 
 
 def _check_budgets(state: AppState, principal: Principal, user: str | None) -> None:

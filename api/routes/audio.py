@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CurrentKey, Principal, StateDep
 from api.errors import ApiError
+from api.idempotency import idempotency_of
 from api.job_access import content_response, read_job_row, wait_for_end
 from api.schemas import SpeechJobCreate
 from api.state import AppState
@@ -41,7 +42,7 @@ class AudioSpeechCreate(SpeechJobCreate):
     responses={200: {"content": {"audio/mpeg": {}}, "description": "The audio"}},
 )
 async def create_speech(
-    body: AudioSpeechCreate, state: StateDep, principal: CurrentKey
+    body: AudioSpeechCreate, request: Request, state: StateDep, principal: CurrentKey
 ) -> Response:
     if body.stream_format == "sse":
         raise ApiError(
@@ -51,11 +52,18 @@ async def create_speech(
             param="stream_format",
         )
 
+    idempotency = idempotency_of(request, body.model_dump(mode="json"))
+
     def submit() -> Job:
         with get_sessionmaker(state.database_url)() as session:
             return submit_speech(
-                state, session, principal, body, max_characters=OPENAI_SPEECH_MAX_CHARACTERS
-            )
+                state,
+                session,
+                principal,
+                body,
+                max_characters=OPENAI_SPEECH_MAX_CHARACTERS,
+                idempotency=idempotency,
+            ).job
 
     job = await run_in_threadpool(submit)
     return await _answer(state, principal, job.id)
@@ -70,8 +78,8 @@ async def create_speech(
 async def create_transcription(
     request: Request, state: StateDep, principal: CurrentKey
 ) -> Response:
-    job = await accept_transcription(request, state, principal)
-    return await _answer(state, principal, job.id)
+    submitted = await accept_transcription(request, state, principal)
+    return await _answer(state, principal, submitted.job.id)
 
 
 async def _answer(state: AppState, principal: Principal, job_id: str) -> Response:

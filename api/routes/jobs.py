@@ -6,9 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from api.deps import CurrentKey, SessionDep, StateDep
 from api.errors import ApiError
+from api.idempotency import idempotency_of
 from api.job_access import content_response, load, public, read_job, wait_for_end
 from api.schemas import (
     MAX_SPEECH_JOB_CHARACTERS,
@@ -17,7 +20,7 @@ from api.schemas import (
     SpeechJobCreate,
     job_public,
 )
-from api.submission import submit_speech
+from api.submission import Submitted, submit_speech
 from api.transcription_form import TRANSCRIPTION_FORM_OPENAPI, accept_transcription
 from speechq.domain import TERMINAL_STATUSES, JobStatus
 from storage import queries
@@ -25,25 +28,50 @@ from storage import queries
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.post("/speech", status_code=202, response_model=JobPublic)
+_REPLAY = {200: {"model": JobPublic, "description": "An Idempotency-Key replay: the first job"}}
+
+
+@router.post("/speech", status_code=202, response_model=JobPublic, responses=_REPLAY)
 def create_speech_job(
-    body: SpeechJobCreate, state: StateDep, session: SessionDep, principal: CurrentKey
-) -> JobPublic:
-    job = submit_speech(state, session, principal, body, max_characters=MAX_SPEECH_JOB_CHARACTERS)
-    return job_public(job, [])  # a new job has no attempts yet
+    body: SpeechJobCreate,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    principal: CurrentKey,
+) -> JSONResponse:
+    submitted = submit_speech(
+        state,
+        session,
+        principal,
+        body,
+        max_characters=MAX_SPEECH_JOB_CHARACTERS,
+        idempotency=idempotency_of(request, body.model_dump(mode="json")),
+    )
+    return _submitted_response(session, submitted)
+
+
+def _submitted_response(session: Session, submitted: Submitted) -> JSONResponse:
+    # A new job has no attempts yet; a replayed one may.
+    job = public(session, submitted.job) if not submitted.created else job_public(submitted.job, [])
+    return JSONResponse(job.model_dump(mode="json"), status_code=submitted.status_code)
 
 
 @router.post(
     "/transcriptions",
     status_code=202,
     response_model=JobPublic,
+    responses=_REPLAY,
     openapi_extra=TRANSCRIPTION_FORM_OPENAPI,
 )
 async def create_transcription_job(
     request: Request, state: StateDep, principal: CurrentKey
-) -> JobPublic:
-    job = await accept_transcription(request, state, principal)
-    return job_public(job, [])
+) -> JSONResponse:
+    submitted = await accept_transcription(request, state, principal)
+    if submitted.created:
+        job = job_public(submitted.job, [])
+    else:
+        job = await run_in_threadpool(read_job, state, principal, submitted.job.id)
+    return JSONResponse(job.model_dump(mode="json"), status_code=submitted.status_code)
 
 
 @router.get("", response_model=JobsPublic)
