@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install services lint bench-submit bench-pipeline clean
+.PHONY: run test install services lint bench-submit bench-pipeline bench-sync bench-upload clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ bench-submit: install services
 
 bench-pipeline: install services
 	$(BIN)/python bench/pipeline_throughput.py
+
+bench-sync: install services
+	$(BIN)/python bench/sync_overhead.py
+
+bench-upload: install
+	$(BIN)/python bench/upload_memory.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
