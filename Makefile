@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install services lint bench-submit bench-pipeline bench-sync bench-upload clean
+.PHONY: run test install services lint bench-submit bench-pipeline bench-sync bench-upload bench-soak clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench-sync: install services
 
 bench-upload: install
 	$(BIN)/python bench/upload_memory.py
+
+bench-soak: install services
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

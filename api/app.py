@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.metrics import MetricsMiddleware
-from api.routes import audio, jobs, keys, models, ops, usage
+from api.routes import audio, jobs, keys, models, ops, usage, webhooks
 from api.schemas import ERROR_RESPONSES
 from api.state import build_state
 from speechq import __version__
@@ -25,6 +26,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # What start-up made lives as long as the process: keep it out of the collector's
+        # full passes, which otherwise stall every request in flight every few seconds.
+        gc.collect()
+        gc.freeze()
         await state.waiter.start()
         yield
         await state.waiter.stop()
@@ -41,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.speechq = state
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware)
-    for module in (jobs, audio, keys, models, usage, ops):
+    for module in (jobs, webhooks, audio, keys, models, usage, ops):
         app.include_router(module.router)
     logging.getLogger(__name__).info("speechq API ready (%s models)", len(state.registry.models()))
     return app

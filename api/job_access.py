@@ -45,19 +45,18 @@ def load(session: Session, principal: Principal, job_id: str) -> Job:
 
 async def wait_for_end(
     state: AppState, principal: Principal, job_id: str, timeout_s: float
-) -> bool:
-    """Hold until the job has ended or `timeout_s` passed; True if it ended."""
+) -> tuple[bool, Job]:
+    """Hold until the job has ended or `timeout_s` passed. Returns whether it ended and
+    the row as last read, so the caller need not read it again."""
+    last: list[Job] = []
 
     async def has_ended() -> bool:
-        status = await run_in_threadpool(_read_status, state, principal, job_id)
-        return status in TERMINAL_STATUSES
+        job = await run_in_threadpool(read_job_row, state, principal, job_id)
+        last[:] = [job]
+        return job.status in TERMINAL_STATUSES
 
-    return await state.waiter.wait(job_id, timeout_s, has_ended)
-
-
-def _read_status(state: AppState, principal: Principal, job_id: str) -> str:
-    with get_sessionmaker(state.database_url)() as session:
-        return load(session, principal, job_id).status
+    ended = await state.waiter.wait(job_id, timeout_s, has_ended)
+    return ended, last[0]
 
 
 def read_job(state: AppState, principal: Principal, job_id: str) -> JobPublic:
@@ -86,7 +85,9 @@ def content_response(state: AppState, job: Job, range_header: str | None = None)
     key = job.result["object_key"]
     if job.type == "transcription":
         return transcript_response(state, job)
-    return _audio_response(state, key, job.result["content_type"], range_header)
+    return _audio_response(
+        state, key, job.result["content_type"], range_header, job.result.get("bytes")
+    )
 
 
 def transcript_response(state: AppState, job: Job) -> Response:
@@ -97,9 +98,10 @@ def transcript_response(state: AppState, job: Job) -> Response:
 
 
 def _audio_response(
-    state: AppState, key: str, content_type: str, range_header: str | None
+    state: AppState, key: str, content_type: str, range_header: str | None, total: int | None
 ) -> Response:
-    total = state.store.size(key)
+    if total is None:  # results written before `bytes` was recorded
+        total = state.store.size(key)
     headers = {"Accept-Ranges": "bytes"}
     if range_header:
         start, end = _parse_range(range_header, total)

@@ -120,8 +120,8 @@ class KeyCreate(BaseModel):
     team: str | None = Field(
         default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$"
     )
-    budget_usd: float | None = Field(default=None, ge=0)
-    rpm_limit: int | None = Field(default=None, ge=1)
+    budget_usd: float | None = Field(default=None, ge=0, le=1_000_000_000)
+    rpm_limit: int | None = Field(default=None, ge=1, le=1_000_000)
     is_admin: bool = False
     # Config guardrails (by name) this key opts into, beyond those on by default.
     guardrails: list[Annotated[str, StringConstraints(max_length=200)]] | None = Field(

@@ -18,6 +18,7 @@ from api.metrics import JOBS_SUBMITTED
 from api.schemas import SpeechJobCreate
 from api.state import AppState
 from speechq.guardrails import GuardrailViolation
+from speechq.net_guard import UnsafeURL, resolve_safe
 from speechq.registry import SPEECH, TRANSCRIPTION
 from storage import queries
 from storage.models import Job
@@ -27,6 +28,7 @@ __all__ = [
     "apply_guardrails",
     "check_speech_input",
     "check_model",
+    "check_webhook_url",
     "submit_speech",
     "submit_job",
     "Submitted",
@@ -96,6 +98,18 @@ def check_model(state: AppState, model: str, mode: str) -> str:
     return canonical
 
 
+def check_webhook_url(state: AppState, url: str | None) -> None:
+    """400 invalid_webhook_url unless `url` is http(s) and its host resolves to addresses
+    webhooks may go to (public ones, unless SPEECHQ_WEBHOOK_ALLOW_PRIVATE). Resolves the
+    host, so call it from a thread. Checked again at each delivery."""
+    if url is None:
+        return
+    try:
+        resolve_safe(url, allow_private=state.settings.webhook_allow_private)
+    except UnsafeURL as exc:
+        raise ApiError(400, "invalid_webhook_url", str(exc), param="webhook_url") from None
+
+
 def submit_speech(
     state: AppState,
     session: Session,
@@ -114,6 +128,7 @@ def submit_speech(
     text = apply_guardrails(state, principal, canonical, body.input, param="input")
     if text != body.input:
         check_speech_input(text, limit)  # a rewrite may have emptied or grown it
+    check_webhook_url(state, body.webhook_url)
     check_budgets(state, session, principal, body.user)
     request = {
         "input": text,
@@ -161,22 +176,22 @@ def submit_job(
     idempotency: Idempotency | None = None,
 ) -> Submitted:
     """Create the job row, commit, publish. The caller has checked limits and budgets."""
-    job = queries.create_job(
-        session,
-        job_id=job_id,
-        type=job_type,
-        model=model,
-        tenant=principal.tenant,
-        key_id=principal.key_id,
-        team=principal.team,
-        user=user,
-        metadata=metadata,
-        webhook_url=webhook_url,
-        request=request,
-        idempotency_key=idempotency.key if idempotency else None,
-        request_hash=idempotency.request_hash if idempotency else None,
-    )
     try:
+        job = queries.create_job(
+            session,
+            job_id=job_id,
+            type=job_type,
+            model=model,
+            tenant=principal.tenant,
+            key_id=principal.key_id,
+            team=principal.team,
+            user=user,
+            metadata=metadata,
+            webhook_url=webhook_url,
+            request=request,
+            idempotency_key=idempotency.key if idempotency else None,
+            request_hash=idempotency.request_hash if idempotency else None,
+        )
         session.commit()
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert.

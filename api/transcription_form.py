@@ -17,7 +17,7 @@ from api.idempotency import Idempotency, find_previous, idempotency_of
 from api.limits import check_budgets, check_rate_limit
 from api.schemas import METADATA
 from api.state import AppState
-from api.submission import Submitted, check_model, submit_job
+from api.submission import Submitted, check_model, check_webhook_url, submit_job
 from api.upload_form import parse_limited_form
 from api.uploads import fetch_and_store, max_upload_bytes, store_upload
 from speechq.domain import TRANSCRIPT_FORMATS
@@ -84,6 +84,7 @@ async def accept_transcription(
         check_rate_limit(state, principal)
         model = fields["model"]
         canonical = check_model(state, model, TRANSCRIPTION)
+        await run_in_threadpool(check_webhook_url, state, fields.get("webhook_url"))
         await run_in_threadpool(_check_budgets, state, principal, fields.get("user"))
         job_id = new_id("job")
         key = tenant_key(principal.tenant, "uploads", job_id, "input")

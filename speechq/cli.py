@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
 
     worker = with_config(sub.add_parser("worker", help="run a Celery worker"))
-    worker.add_argument("--queues", default="speech,transcription,maintenance")
+    worker.add_argument("--queues", default="speech,transcription,maintenance,webhooks")
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("--hostname", default=None)
     worker.set_defaults(func=cmd_worker)

@@ -32,9 +32,11 @@ class Settings(BaseSettings):
     requeue_after_seconds: int = 60
     # Celery hard time limit for one job; the Redis visibility timeout is set above it.
     job_time_limit_seconds: int = 900
-    # A running job whose lease (from its start) has passed is taken back: its worker
-    # died. Longer than the time limit, so a live job is never taken back.
-    job_lease_seconds: int = 960
+    # A running job's lease, pushed forward by its worker's heartbeat (three beats a
+    # lease): when it runs out, the worker died and the sweeper takes the job back.
+    job_lease_seconds: float = Field(default=60.0, gt=0)
+    # A job taken back this many times (its worker keeps dying on it) fails instead.
+    max_job_runs: int = Field(default=3, ge=1)
     max_wait_seconds: int = 60
     # How long /v1/audio/* wait for their job before answering 504 (the job goes on).
     sync_timeout_seconds: float = 300.0

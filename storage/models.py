@@ -137,3 +137,7 @@ class RouterCounter(Base):
     key: Mapped[str] = mapped_column(String(300), primary_key=True)
     value: Mapped[float] = mapped_column(Float, default=0.0)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+# Last, so the webhook tables join this metadata (their module imports Base from here).
+from storage import webhook_models  # noqa: E402, F401

@@ -242,12 +242,14 @@ def complete_job(
     result: dict[str, Any],
     usage: Sequence[UsageRecord],
     expires_at: datetime | None,
+    run: int | None = None,
 ) -> bool:
     """running -> succeeded with its usage rows, in one transaction. False if the job was
-    canceled (or taken back) meanwhile: then nothing is billed."""
+    canceled or taken back meanwhile (then nothing is billed). `run` is the claim's run
+    number: a stalled run whose job was taken back and claimed again cannot complete it."""
     done = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.running.value)
+        .where(Job.id == job_id, Job.status == JobStatus.running.value, *_same_run(run))
         .values(
             status=JobStatus.succeeded.value,
             result=result,
@@ -282,10 +284,16 @@ def _usage_summary(rows: Sequence[UsageRecord]) -> dict[str, Any] | None:
     }
 
 
-def fail_job(session: Session, *, job_id: str, code: str, message: str) -> bool:
+def _same_run(run: int | None) -> list[Any]:
+    return [] if run is None else [Job.runs == run]
+
+
+def fail_job(
+    session: Session, *, job_id: str, code: str, message: str, run: int | None = None
+) -> bool:
     done = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.running.value)
+        .where(Job.id == job_id, Job.status == JobStatus.running.value, *_same_run(run))
         .values(
             status=JobStatus.failed.value,
             error={"code": code, "message": message},
@@ -322,21 +330,38 @@ def jobs_to_requeue(session: Session, *, older_than_s: int, limit: int = 500) ->
     return list(session.scalars(stmt))
 
 
-def reclaim_expired_leases(session: Session) -> list[str]:
-    """Running jobs whose worker died (lease passed) go back to queued."""
+def reclaim_expired_leases(session: Session, *, max_runs: int) -> tuple[list[str], list[str]]:
+    """Running jobs whose worker died (lease passed) go back to queued; one that has
+    already been run `max_runs` times fails instead of looping. Returns (requeued, failed)."""
     now = utcnow()
-    ids = list(
-        session.scalars(
-            select(Job.id).where(Job.status == JobStatus.running.value, Job.lease_expires_at < now)
+    expired = session.execute(
+        select(Job.id, Job.runs).where(
+            Job.status == JobStatus.running.value, Job.lease_expires_at < now
         )
-    )
-    if ids:
+    ).all()
+    again = [job_id for job_id, runs in expired if runs < max_runs]
+    exhausted = [job_id for job_id, runs in expired if runs >= max_runs]
+    if again:
         session.execute(
             update(Job)
-            .where(Job.id.in_(ids), Job.status == JobStatus.running.value)
+            .where(Job.id.in_(again), Job.status == JobStatus.running.value)
             .values(status=JobStatus.queued.value, lease_expires_at=None, enqueued_at=None)
         )
-    return ids
+    if exhausted:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(exhausted), Job.status == JobStatus.running.value)
+            .values(
+                status=JobStatus.failed.value,
+                lease_expires_at=None,
+                finished_at=now,
+                error={
+                    "code": "worker_lost",
+                    "message": f"the job's worker stopped {max_runs} times while running it",
+                },
+            )
+        )
+    return again, exhausted
 
 
 def delete_expired_router_counters(session: Session) -> int:

@@ -36,7 +36,9 @@ SWEEP_INTERVAL_S = 15.0
 
 def create_celery(settings: Settings) -> Celery:
     sqlite_broker.register()
-    app = Celery("speechq", broker=settings.resolved_broker_url, include=["worker.tasks"])
+    app = Celery(
+        "speechq", broker=settings.resolved_broker_url, include=["worker.tasks", "worker.webhooks"]
+    )
     transport_options: dict[str, Any] = {}
     if settings.resolved_broker_url.startswith("redis"):
         transport_options["visibility_timeout"] = settings.job_time_limit_seconds * 2
@@ -47,7 +49,9 @@ def create_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_time_limit=settings.job_time_limit_seconds,
         task_soft_time_limit=max(1, settings.job_time_limit_seconds - 30),
-        task_queues=[Queue(name) for name in ("speech", "transcription", "maintenance")],
+        task_queues=[
+            Queue(name) for name in ("speech", "transcription", "maintenance", "webhooks")
+        ],
         task_default_queue="speech",
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,

@@ -33,8 +33,9 @@ from storage.counters import Counters
 from storage.db import session_scope
 from storage.models import ApiKey, Job, UsageRecord, utcnow
 from storage.objects import ObjectStore, tenant_key
-from worker import audio
+from worker import audio, webhooks
 from worker.audio_join import join_speech, to_pcm
+from worker.lease import LeaseKeeper
 from worker.providers import get_provider
 from worker.providers.base import (
     Deployment,
@@ -44,7 +45,7 @@ from worker.providers.base import (
     TranscriptionRequest,
     TranscriptionResult,
 )
-from worker.providers.errors import InvalidInput
+from worker.providers.errors import InvalidInput, ProviderUnavailable
 from worker.router import AllDeploymentsFailed, Attempt, RoutedResult, Router
 from worker.text_split import split_text
 
@@ -67,11 +68,22 @@ class _Claimed:
     team: str | None
     user: str | None
     request: dict[str, Any]
+    webhook_url: str | None
+    run: int  # this claim's run number, a fencing token for everything the run writes
 
     @classmethod
     def of(cls, job: Job) -> _Claimed:
         return cls(
-            job.id, job.type, job.model, job.tenant, job.key_id, job.team, job.user, job.request
+            job.id,
+            job.type,
+            job.model,
+            job.tenant,
+            job.key_id,
+            job.team,
+            job.user,
+            job.request,
+            job.webhook_url,
+            job.runs,
         )
 
 
@@ -96,12 +108,16 @@ class JobRunner:
     def run(self, job_id: str) -> str | None:
         """Run the job if it is still queued. Returns its final status, or None if it was
         not ours to run (already running elsewhere, finished or canceled)."""
-        lease_s = max(self.settings.job_lease_seconds, self.settings.job_time_limit_seconds + 1)
+        lease_s = self.settings.job_lease_seconds
         with session_scope(self.db_url) as session:
             row = queries.claim_job(session, job_id=job_id, lease_seconds=lease_s)
             if row is None:
                 return None
             job = _Claimed.of(row)
+        with LeaseKeeper(self.db_url, job.id, job.run, lease_s):
+            return self._run_claimed(job)
+
+    def _run_claimed(self, job: _Claimed) -> str:
         attempts = _AttemptLog(self.db_url, job.id)
         router = Router(self.registry, self.counters, on_attempt=attempts.add)
         key = self._key_facts(job)
@@ -111,19 +127,19 @@ class JobRunner:
                 return self._run_speech(job, router, attempts, guard)
             return self._run_transcription(job, router, attempts, guard, key.guardrails)
         except InvalidInput as exc:
-            return self._fail(job.id, attempts, "invalid_input", exc.message)
+            return self._fail(job, attempts, "invalid_input", exc.message)
         except BudgetExceeded as exc:
-            return self._fail(job.id, attempts, "budget_exceeded", str(exc))
+            return self._fail(job, attempts, "budget_exceeded", str(exc))
         except GuardrailViolation as exc:
-            return self._fail(job.id, attempts, "guardrail_violation", exc.message)
+            return self._fail(job, attempts, "guardrail_violation", exc.message)
         except AllDeploymentsFailed as exc:
-            return self._fail(job.id, attempts, "provider_error", str(exc))
+            return self._fail(job, attempts, "provider_error", str(exc))
         except audio.InvalidAudio as exc:
-            return self._fail(job.id, attempts, "invalid_audio", str(exc))
+            return self._fail(job, attempts, "invalid_audio", str(exc))
         except Exception:
             log.exception("job %s failed with an internal error", job.id)
             return self._fail(
-                job.id, attempts, "internal_error", "the job failed with an internal error"
+                job, attempts, "internal_error", "the job failed with an internal error"
             )
 
     # --- speech ---------------------------------------------------------------------------
@@ -135,8 +151,12 @@ class JobRunner:
         fmt = req.get("response_format", "mp3")
 
         def synthesize(text: str) -> RoutedResult[SynthesisResult]:
+            # Between pieces is a safe point: a job canceled meanwhile makes no more calls.
+            if len(pieces) > 1 and self._stopped(job):
+                raise AllDeploymentsFailed("canceled", last=None)
+
             def call(provider: SpeechProvider, deployment: Deployment) -> SynthesisResult:
-                return provider.synthesize(
+                produced = provider.synthesize(
                     SynthesisRequest(
                         model=deployment.model,
                         text=text,
@@ -146,11 +166,21 @@ class JobRunner:
                         instructions=req.get("instructions"),
                     )
                 )
+                # Audio nobody can decode is the provider's fault, not the client's: a
+                # retryable failure of this attempt, so retries and fallbacks apply.
+                if produced.audio_format != "pcm":
+                    try:
+                        audio.probe(produced.audio)
+                    except audio.InvalidAudio as exc:
+                        raise ProviderUnavailable(
+                            f"{deployment.provider}: undecodable audio ({exc})"
+                        ) from exc
+                return produced
 
             return router.call(
                 job.model,
                 call,
-                should_stop=lambda: self._canceled(job.id),
+                should_stop=lambda: self._stopped(job),
                 before_attempt=guard,
             )
 
@@ -180,7 +210,7 @@ class JobRunner:
             pcm, pcm_rate = join_speech(pcm_pieces)
             encoded = audio.encode_pcm(pcm, pcm_rate, fmt)
             duration, rate = self._measure(encoded, fmt, pcm_rate)
-        key = tenant_key(job.tenant, "jobs", job.id, f"speech.{fmt}")
+        key = tenant_key(job.tenant, "jobs", job.id, f"run-{job.run}", f"speech.{fmt}")
         self.store.put_bytes(key, encoded)
         result = {
             "object_key": key,
@@ -257,7 +287,7 @@ class JobRunner:
             routed = router.call(
                 job.model,
                 transcribe,
-                should_stop=lambda: self._canceled(job.id),
+                should_stop=lambda: self._stopped(job),
                 before_attempt=guard,
             )
         produced = routed.value
@@ -273,7 +303,7 @@ class JobRunner:
         }
         fmt = req.get("response_format", "json")
         body, content_type = render_transcript(transcript, fmt)
-        key = tenant_key(job.tenant, "jobs", job.id, "transcript.json")
+        key = tenant_key(job.tenant, "jobs", job.id, f"run-{job.run}", "transcript.json")
         self.store.put_bytes(key, _json_bytes(transcript))
         result = {
             "object_key": key,
@@ -345,20 +375,38 @@ class JobRunner:
         with session_scope(self.db_url) as session:
             attempts.flush(session)
             done = queries.complete_job(
-                session, job_id=job.id, result=result, usage=usage, expires_at=expires_at
+                session,
+                job_id=job.id,
+                result=result,
+                usage=usage,
+                expires_at=expires_at,
+                run=job.run,
+            )
+            event = (
+                webhooks.enqueue_job_event(session, job_id=job.id)
+                if done and job.webhook_url
+                else None
             )
         if not done:
-            # Canceled while the provider worked: keep nothing, bill nothing.
+            # Canceled while the provider worked, or taken back from this (stalled) run and
+            # claimed again: keep nothing, bill nothing. The key is this run's own.
             self.store.delete(key)
             return JobStatus.canceled.value
         self.events.job_ended(job.id)
+        webhooks.publish_delivery(event)
         return JobStatus.succeeded.value
 
-    def _fail(self, job_id: str, attempts: _AttemptLog, code: str, message: str) -> str:
+    def _fail(self, job: _Claimed, attempts: _AttemptLog, code: str, message: str) -> str:
+        job_id = job.id
         with session_scope(self.db_url) as session:
             attempts.flush(session)
-            failed = queries.fail_job(session, job_id=job_id, code=code, message=message)
+            failed = queries.fail_job(
+                session, job_id=job_id, code=code, message=message, run=job.run
+            )
+            # The event is written only if the job has a webhook_url.
+            event = webhooks.enqueue_job_event(session, job_id=job_id) if failed else None
         self.events.job_ended(job_id)
+        webhooks.publish_delivery(event)
         return JobStatus.failed.value if failed else JobStatus.canceled.value
 
     def _key_facts(self, job: _Claimed) -> _KeyFacts:
@@ -402,10 +450,11 @@ class JobRunner:
 
         return guard
 
-    def _canceled(self, job_id: str) -> bool:
+    def _stopped(self, job: _Claimed) -> bool:
+        """Canceled, or taken back from this run and claimed by another."""
         with session_scope(self.db_url) as session:
-            job = queries.get_job(session, job_id=job_id, tenant=None)
-            return job is None or job.status != JobStatus.running.value
+            row = queries.get_job(session, job_id=job.id, tenant=None)
+            return row is None or row.status != JobStatus.running.value or row.runs != job.run
 
 
 @dataclass(frozen=True)

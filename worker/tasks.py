@@ -20,6 +20,7 @@ from worker.celery_app import celery_app, publish_job
 from worker.jobs import JobRunner
 from worker.providers import get_provider
 from worker.retention import expire_results
+from worker.webhooks import enqueue_job_event, publish_delivery, requeue_due_deliveries
 
 __all__ = ["run_speech_job", "run_transcription_job", "sweep", "get_runner"]
 
@@ -74,8 +75,11 @@ def sweep() -> dict[str, int]:
     url = settings.resolved_database_url
     with session_scope(url) as session:
         # Reclaimed jobs are queued again and so picked up by the next query.
-        reclaimed = queries.reclaim_expired_leases(session)
+        reclaimed, lost = queries.reclaim_expired_leases(session, max_runs=settings.max_job_runs)
+        events = [enqueue_job_event(session, job_id=job_id) for job_id in lost]
         queries.delete_expired_router_counters(session)
+    for event in events:
+        publish_delivery(event)
     with session_scope(url) as session:
         stale = queries.jobs_to_requeue(session, older_than_s=settings.requeue_after_seconds)
         pending = [(job.id, job.type) for job in stale]
@@ -91,6 +95,7 @@ def sweep() -> dict[str, int]:
         requeued += 1
     cleaned = _clean_broker_rows(settings.resolved_broker_url)
     expired = expire_results(url, get_runner().store)
+    webhooks_requeued = requeue_due_deliveries(url, grace_s=settings.requeue_after_seconds)
     if requeued or reclaimed or cleaned:
         log.info(
             "sweep: requeued=%d reclaimed=%d broker_rows_deleted=%d",
@@ -103,6 +108,8 @@ def sweep() -> dict[str, int]:
         "reclaimed": len(reclaimed),
         "broker_rows_deleted": cleaned,
         "results_expired": expired,
+        "jobs_lost": len(lost),
+        "webhooks_requeued": webhooks_requeued,
     }
 
 

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import CurrentKey, Principal, StateDep
 from api.errors import ApiError
 from api.idempotency import idempotency_of
-from api.job_access import content_response, read_job_row, wait_for_end
+from api.job_access import content_response, wait_for_end
 from api.schemas import SpeechJobCreate
 from api.state import AppState
 from api.submission import submit_speech
@@ -83,8 +83,7 @@ async def create_transcription(
 
 
 async def _answer(state: AppState, principal: Principal, job_id: str) -> Response:
-    ended = await wait_for_end(state, principal, job_id, state.settings.sync_timeout_seconds)
-    job = await run_in_threadpool(read_job_row, state, principal, job_id)
+    ended, job = await wait_for_end(state, principal, job_id, state.settings.sync_timeout_seconds)
     headers = {"x-speechq-job-id": job.id}
     if not ended:
         raise ApiError(

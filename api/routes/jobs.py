@@ -24,6 +24,7 @@ from api.submission import Submitted, submit_speech
 from api.transcription_form import TRANSCRIPTION_FORM_OPENAPI, accept_transcription
 from speechq.domain import TERMINAL_STATUSES, JobStatus
 from storage import queries
+from worker.webhooks import enqueue_job_event, publish_delivery
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -119,8 +120,10 @@ def cancel_job(
         raise ApiError(
             409, "job_finished", f"The job has already ended ({job.status}).", param="id"
         )
+    event = enqueue_job_event(session, job_id=job.id) if job.webhook_url else None
     session.commit()
     state.events.job_ended(job.id)
+    publish_delivery(event, app=state.celery)
     session.refresh(job)
     return public(session, job)
 

@@ -25,7 +25,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from speechq.settings import Settings
-from tests.fakes import FAKE_OPENAI_KEY, SLOW_MODEL, FakeOpenAI, start_fake_openai
+from tests.fakes import (
+    FAKE_OPENAI_KEY,
+    SLOW_MODEL,
+    FakeOpenAI,
+    ScriptedOpenAI,
+    start_fake_openai,
+    start_scripted_openai,
+)
 from tests.services import REDIS_HOST, REDIS_PORT, require_redis, temporary_postgres_database
 
 STARTUP_TIMEOUT_S = 60
@@ -124,8 +131,15 @@ class Stack:
         return "\n".join(p.read_text(errors="replace") for p in self.logs.values() if p.exists())
 
 
-def _config(fake: FakeOpenAI) -> dict[str, Any]:
+def _config(fake: FakeOpenAI, scripted: ScriptedOpenAI) -> dict[str, Any]:
     openai_params = {"api_base": fake.url, "api_key": "os.environ/FAKE_OPENAI_KEY"}
+
+    def faulty(name: str, api_base: str, **params: Any) -> dict[str, Any]:
+        """A deployment on the scripted fake (tests/integration/test_provider_faults.py)."""
+        key = "os.environ/FAKE_OPENAI_KEY"
+        litellm_params = {"model": "openai/tts-1", "api_base": api_base, "api_key": key, **params}
+        return {"model_name": name, "litellm_params": litellm_params}
+
     return {
         "model_list": [
             {"model_name": "local-tts", "litellm_params": {"model": "local/piper"}},
@@ -161,6 +175,12 @@ def _config(fake: FakeOpenAI) -> dict[str, Any]:
                     "api_key": "sk-also-wrong",
                 },
             },
+            faulty("fault-500-tts", scripted.api_base("flaky")),
+            faulty("fault-429-tts", scripted.api_base("rate-limited")),
+            faulty("fault-hang-tts", scripted.api_base("hang"), timeout=1),
+            faulty("fault-refused-tts", scripted.refused_url),
+            faulty("fault-garbage-tts", scripted.api_base("garbage")),
+            faulty("fault-down-tts", scripted.api_base("down")),
         ],
         "end_user_budgets": {"capped-user": 0.0001},
         "guardrails": [
@@ -186,8 +206,13 @@ def _config(fake: FakeOpenAI) -> dict[str, Any]:
             },
         ],
         "router_settings": {
-            "num_retries": 0,
-            "fallbacks": [{"fallback-tts": ["openai-tts"]}],
+            "num_retries": 2,
+            "fallbacks": [
+                {"fallback-tts": ["openai-tts"]},
+                {"fault-hang-tts": ["openai-tts"]},
+                {"fault-refused-tts": ["openai-tts"]},
+                {"fault-garbage-tts": ["openai-tts"]},
+            ],
             "model_group_alias": {
                 "tts-1": "local-tts",
                 "gpt-4o-mini-tts": "local-tts",
@@ -200,6 +225,14 @@ def _config(fake: FakeOpenAI) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def fake_openai() -> Iterator[FakeOpenAI]:
     fake = start_fake_openai()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="session")
+def scripted_openai() -> Iterator[ScriptedOpenAI]:
+    """Provider faults on purpose (500, 429, hang, garbage), and a port that refuses."""
+    fake = start_scripted_openai()
     yield fake
     fake.close()
 
@@ -244,11 +277,12 @@ def stack(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     fake_openai: FakeOpenAI,
+    scripted_openai: ScriptedOpenAI,
 ) -> Iterator[Stack]:
     kind: str = request.param
     data_dir = tmp_path_factory.mktemp(f"stack-{kind}")
     config_path = data_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(_config(fake_openai)))
+    config_path.write_text(yaml.safe_dump(_config(fake_openai, scripted_openai)))
     if kind == "production":
         # Before `env` is built: the S3 fixture puts the AWS credentials in os.environ.
         request.getfixturevalue("s3_server")
@@ -260,8 +294,11 @@ def stack(
         "SPEECHQ_CONFIG": str(config_path),
         "SPEECHQ_MASTER_KEY": master_key,
         "SPEECHQ_REQUEUE_AFTER_SECONDS": "3",
+        # Short leases: a killed worker's job comes back within a sweep or two.
+        "SPEECHQ_JOB_LEASE_SECONDS": "3",
         # Test servers (audio by URL, webhook receivers) listen on 127.0.0.1.
         "SPEECHQ_WEBHOOK_ALLOW_PRIVATE": "true",
+        "SPEECHQ_WEBHOOK_RETRY_SCHEDULE": "1,1,1,1",
         # Shorter than the slow fake provider, so the 504 path is reachable.
         "SPEECHQ_SYNC_TIMEOUT_SECONDS": "4.5",
         "SPEECHQ_LOG_LEVEL": "INFO",

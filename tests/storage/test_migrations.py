@@ -16,6 +16,7 @@ from storage.models import Base
 from tests.services import temporary_postgres_database
 
 TABLES = {"api_keys", "jobs", "provider_attempts", "usage_records", "router_counters"}
+TABLES |= {"webhook_deliveries", "webhook_attempts"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -121,10 +121,21 @@ def test_requeue_and_reclaim(session: Session) -> None:
     running = _job(session)
     queries.claim_job(session, job_id=running.id, lease_seconds=-1)  # lease already over
     session.commit()
-    assert queries.reclaim_expired_leases(session) == [running.id]
+    assert queries.reclaim_expired_leases(session, max_runs=2) == ([running.id], [])
     session.commit()
     session.refresh(running)
     assert running.status == "queued"
+    # Taken back again and again: the second lost run fails it instead of looping.
+    queries.claim_job(session, job_id=running.id, lease_seconds=-1)
+    session.commit()
+    assert queries.reclaim_expired_leases(session, max_runs=2) == ([], [running.id])
+    session.commit()
+    session.refresh(running)
+    assert running.status == "failed"
+    assert running.error == {
+        "code": "worker_lost",
+        "message": "the job's worker stopped 2 times while running it",
+    }
 
 
 def test_scoped_reads(session: Session) -> None:
@@ -132,3 +143,23 @@ def test_scoped_reads(session: Session) -> None:
     assert queries.get_job(session, job_id=mine.id, tenant="key_a") is not None
     assert queries.get_job(session, job_id=mine.id, tenant="key_b") is None
     assert queries.get_job(session, job_id=mine.id, tenant=None) is not None
+
+
+def test_a_stalled_run_cannot_end_a_job_claimed_again(session: Session) -> None:
+    job = _job(session)
+    first = queries.claim_job(session, job_id=job.id, lease_seconds=-1)
+    session.commit()
+    assert first is not None and first.runs == 1
+    queries.reclaim_expired_leases(session, max_runs=5)  # its worker looked dead
+    second = queries.claim_job(session, job_id=job.id, lease_seconds=60)
+    session.commit()
+    assert second is not None and second.runs == 2
+    # The first run wakes up: it can neither complete nor fail the job.
+    assert not queries.complete_job(
+        session, job_id=job.id, result={}, usage=[_usage(job.id)], expires_at=None, run=1
+    )
+    assert not queries.fail_job(session, job_id=job.id, code="x", message="y", run=1)
+    assert queries.complete_job(
+        session, job_id=job.id, result={}, usage=[_usage(job.id)], expires_at=None, run=2
+    )
+    session.commit()

@@ -1,0 +1,58 @@
+"""`/v1/jobs/{id}/webhooks`: a job's webhook deliveries and their attempts; redelivery."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import CurrentKey, SessionDep, StateDep
+from api.errors import ApiError
+from api.job_access import load
+from api.webhook_schemas import (
+    WebhookDeliveriesPublic,
+    WebhookDeliveryPublic,
+    webhook_delivery_public,
+)
+from speechq.domain import TERMINAL_STATUSES
+from storage import webhook_queries
+from worker.webhooks import publish_delivery, redeliver_job_event
+
+router = APIRouter(prefix="/v1/jobs", tags=["webhooks"])
+
+
+@router.get("/{job_id}/webhooks", response_model=WebhookDeliveriesPublic)
+def list_job_webhooks(
+    job_id: str, session: SessionDep, principal: CurrentKey
+) -> WebhookDeliveriesPublic:
+    job = load(session, principal, job_id)
+    rows = webhook_queries.deliveries_for_job(session, job_id=job.id)
+    attempts = webhook_queries.attempts_for_deliveries(session, delivery_ids=[r.id for r in rows])
+    return WebhookDeliveriesPublic(
+        data=[webhook_delivery_public(row, attempts[row.id]) for row in rows]
+    )
+
+
+@router.post("/{job_id}/webhooks/redeliver", status_code=202, response_model=WebhookDeliveryPublic)
+def redeliver_job_webhook(
+    job_id: str, state: StateDep, session: SessionDep, principal: CurrentKey
+) -> WebhookDeliveryPublic:
+    """Send the job's terminal event again: the same event, so the same webhook-id and
+    body (receivers that deduplicate on webhook-id see a repeat), from the start of the
+    retry schedule, with the attempts so far kept."""
+    job = load(session, principal, job_id)
+    if job.status not in TERMINAL_STATUSES:
+        raise ApiError(
+            409,
+            "job_not_finished",
+            f"The job is {job.status}; its webhook is sent once it has ended.",
+            param="id",
+        )
+    if not job.webhook_url:
+        raise ApiError(
+            400, "invalid_request", "The job has no webhook_url to send to.", param="webhook_url"
+        )
+    row = redeliver_job_event(session, job=job)
+    assert row is not None  # ended, with a webhook_url
+    session.commit()
+    publish_delivery(row.id, app=state.celery)
+    attempts = webhook_queries.attempts_for_deliveries(session, delivery_ids=[row.id])
+    return webhook_delivery_public(row, attempts[row.id])
