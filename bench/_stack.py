@@ -54,6 +54,7 @@ SPEECH_BODY: dict[str, Any] = {
 }
 
 __all__ = [
+    "start_fake_tts_stack",
     "PG_ADMIN_URL",
     "REDIS_HOST",
     "REDIS_PORT",
@@ -766,3 +767,39 @@ if __name__ == "__main__":
     _parser = argparse.ArgumentParser(description="Run a fake server of the benchmarks.")
     _parser.add_argument("--serve-fake-provider", type=int, metavar="PORT", required=True)
     serve_fake_provider(_parser.parse_args().serve_fake_provider)
+
+
+def start_fake_tts_stack(
+    cleanup: contextlib.ExitStack,
+    *,
+    storage: str,
+    redis_db: int,
+    loglevel: str,
+    label: str,
+    workers: int = 2,
+) -> tuple[Procs, Stack, int]:
+    """The production shape against the zero-latency fake TTS provider: a temp folder,
+    the fake provider, moto when `storage` is "s3", the API and a worker of `workers`
+    processes; everything is stopped when `cleanup` unwinds. Returns the processes, the
+    stack and the fake provider's port."""
+    tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="speechq-bench-")))
+    procs = Procs(tmp)
+    cleanup.callback(procs.stop_all)
+    provider_port = start_fake_provider(procs)
+    extra_env = {"SPEECHQ_LOG_LEVEL": loglevel}
+    storage_url = None
+    if storage == "s3":
+        s3_url, aws = start_s3(procs, tmp)
+        storage_url = "s3://speechq-bench/bench"
+        extra_env |= aws | {"SPEECHQ_S3_ENDPOINT_URL": s3_url}
+    stack = Stack(
+        redis_db=redis_db,
+        config_path=fake_tts_config(tmp / "config.yaml", provider_port),
+        storage_url=storage_url,
+        extra_env=extra_env,
+        label=label,
+    )
+    cleanup.enter_context(stack)
+    stack.start_api()
+    stack.start_worker(workers)
+    return procs, stack, provider_port

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +51,9 @@ from _stack import (  # noqa: E402
     Procs,
     Stack,
     describe_run,
-    fake_tts_config,
     run_load,
     run_main,
-    start_fake_provider,
-    start_s3,
+    start_fake_tts_stack,
 )
 
 TARGET_RATIO = 0.66
@@ -281,26 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("use two different Redis dbs other than 0: both are flushed")
 
     with contextlib.ExitStack() as cleanup:  # unwinds in reverse: every process stopped
-        tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="speechq-bench-")))
-        procs = Procs(tmp)
-        cleanup.callback(procs.stop_all)
-        provider_port = start_fake_provider(procs)
-        extra_env = {"SPEECHQ_LOG_LEVEL": args.loglevel}
-        storage_url = None
-        if args.storage == "s3":
-            s3_url, aws = start_s3(procs, tmp)
-            storage_url = "s3://speechq-bench/bench"
-            extra_env |= aws | {"SPEECHQ_S3_ENDPOINT_URL": s3_url}
-        stack = Stack(
+        procs, stack, _ = start_fake_tts_stack(
+            cleanup,
+            storage=args.storage,
             redis_db=args.redis_db,
-            config_path=fake_tts_config(tmp / "config.yaml", provider_port),
-            storage_url=storage_url,
-            extra_env=extra_env,
+            loglevel=args.loglevel,
             label="pipeline",
         )
-        cleanup.enter_context(stack)
-        stack.start_api()
-        stack.start_worker(2)
         bare = Bare(procs, args.bare_redis_db, args.loglevel)
         cleanup.callback(bare.close)
         pipeline = Pipeline(stack, args.client)

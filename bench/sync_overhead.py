@@ -39,7 +39,6 @@ import contextlib
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -60,14 +59,12 @@ from _stack import (  # noqa: E402
     Procs,
     Stack,
     describe_run,
-    fake_tts_config,
     quantiles_ms,
     run_load,
     run_main,
     server_histogram,
     server_view,
-    start_fake_provider,
-    start_s3,
+    start_fake_tts_stack,
     summarize,
 )
 
@@ -284,26 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
 
     with contextlib.ExitStack() as cleanup:  # unwinds in reverse: every process stopped
-        tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="speechq-bench-")))
-        procs = Procs(tmp)
-        cleanup.callback(procs.stop_all)
-        provider_port = start_fake_provider(procs)
-        extra_env = {"SPEECHQ_LOG_LEVEL": args.loglevel}
-        storage_url = None
-        if args.storage == "s3":
-            s3_url, aws = start_s3(procs, tmp)
-            storage_url = "s3://speechq-bench/bench"
-            extra_env |= aws | {"SPEECHQ_S3_ENDPOINT_URL": s3_url}
-        stack = Stack(
+        procs, stack, provider_port = start_fake_tts_stack(
+            cleanup,
+            storage=args.storage,
             redis_db=args.redis_db,
-            config_path=fake_tts_config(tmp / "config.yaml", provider_port),
-            storage_url=storage_url,
-            extra_env=extra_env,
+            loglevel=args.loglevel,
             label="sync",
         )
-        cleanup.enter_context(stack)
-        stack.start_api()
-        stack.start_worker(2)
         db = cleanup.enter_context(psycopg.connect(stack.psycopg_url, autocommit=True))
         headers = api_key(stack, args.key)
         print(
