@@ -289,7 +289,13 @@ def _same_run(run: int | None) -> list[Any]:
 
 
 def fail_job(
-    session: Session, *, job_id: str, code: str, message: str, run: int | None = None
+    session: Session,
+    *,
+    job_id: str,
+    code: str,
+    message: str,
+    run: int | None = None,
+    expires_at: datetime | None = None,
 ) -> bool:
     done = session.execute(
         update(Job)
@@ -299,12 +305,13 @@ def fail_job(
             error={"code": code, "message": message},
             finished_at=utcnow(),
             lease_expires_at=None,
+            expires_at=expires_at,  # when its upload, if any, is deleted
         )
     )
     return done.rowcount == 1  # type: ignore[attr-defined]
 
 
-def cancel_job(session: Session, *, job_id: str) -> bool:
+def cancel_job(session: Session, *, job_id: str, expires_at: datetime | None = None) -> bool:
     """queued|running -> canceled. False if the job had already ended."""
     done = session.execute(
         update(Job)
@@ -312,7 +319,12 @@ def cancel_job(session: Session, *, job_id: str) -> bool:
             Job.id == job_id,
             Job.status.in_([JobStatus.queued.value, JobStatus.running.value]),
         )
-        .values(status=JobStatus.canceled.value, finished_at=utcnow(), lease_expires_at=None)
+        .values(
+            status=JobStatus.canceled.value,
+            finished_at=utcnow(),
+            lease_expires_at=None,
+            expires_at=expires_at,
+        )
     )
     return done.rowcount == 1  # type: ignore[attr-defined]
 

@@ -401,7 +401,12 @@ class JobRunner:
         with session_scope(self.db_url) as session:
             attempts.flush(session)
             failed = queries.fail_job(
-                session, job_id=job_id, code=code, message=message, run=job.run
+                session,
+                job_id=job_id,
+                code=code,
+                message=message,
+                run=job.run,
+                expires_at=utcnow() + timedelta(hours=self.settings.result_ttl_hours),
             )
             # The event is written only if the job has a webhook_url.
             event = webhooks.enqueue_job_event(session, job_id=job_id) if failed else None

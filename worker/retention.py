@@ -1,5 +1,6 @@
-"""Results expire: after SPEECHQ_RESULT_TTL_HOURS a job's audio, transcript and upload are
-deleted from the object store and its result is marked expired (its content is then 410)."""
+"""Results expire: SPEECHQ_RESULT_TTL_HOURS after a job ends, its audio, transcript and
+upload are deleted from the object store; a succeeded job's result is marked expired (its
+content is then 410). Failed and canceled jobs lose their uploads the same way."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def expire_results(database_url: str, store: ObjectStore, *, limit: int = BATCH)
         due = session.scalars(
             select(Job)
             .where(
-                Job.status == JobStatus.succeeded.value,
+                Job.status.in_(
+                    [JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.canceled.value]
+                ),
                 Job.expires_at.is_not(None),
                 Job.expires_at < utcnow(),
             )
@@ -38,7 +41,8 @@ def expire_results(database_url: str, store: ObjectStore, *, limit: int = BATCH)
             for key in filter(None, keys):
                 store.delete(key)
             # Deleted first, marked after: a crash in between deletes again, harmlessly.
-            job.result = {**(job.result or {}), "expired": True}
+            if job.result is not None:
+                job.result = {**job.result, "expired": True}
             job.expires_at = None
             expired += 1
     if expired:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -24,6 +25,7 @@ from api.submission import Submitted, submit_speech
 from api.transcription_form import TRANSCRIPTION_FORM_OPENAPI, accept_transcription
 from speechq.domain import TERMINAL_STATUSES, JobStatus
 from storage import queries
+from storage.models import utcnow
 from worker.webhooks import enqueue_job_event, publish_delivery
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -116,7 +118,8 @@ def cancel_job(
     job_id: str, state: StateDep, session: SessionDep, principal: CurrentKey
 ) -> JobPublic:
     job = load(session, principal, job_id)
-    if not queries.cancel_job(session, job_id=job.id):
+    retention = timedelta(hours=state.settings.result_ttl_hours)
+    if not queries.cancel_job(session, job_id=job.id, expires_at=utcnow() + retention):
         raise ApiError(
             409, "job_finished", f"The job has already ended ({job.status}).", param="id"
         )
