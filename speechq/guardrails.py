@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,7 +118,7 @@ class Inspection:
     failed_open: bool = False
 
 
-class Guardrail:
+class Guardrail(ABC):
     """One configured guardrail. Subclasses implement `inspect`, which returns the text
     to pass on or raises `GuardrailViolation`; selection is the same for every kind."""
 
@@ -144,10 +145,11 @@ class Guardrail:
             return False
         return self.default_on or self.name in set(selected)
 
+    @abstractmethod
     def inspect(self, text: str, *, model: str, param: str, stage: str) -> Inspection:
-        raise NotImplementedError
+        """What this guardrail finds in `text`: allow, mask (new text) or block."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most guardrails hold nothing
         """Release what the guardrail holds (an owned HTTP client)."""
 
     def __repr__(self) -> str:

@@ -484,7 +484,7 @@ class LocalPKI:
 
 
 def make_pki(hostname: str, tmp_path: Path) -> LocalPKI:
-    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
