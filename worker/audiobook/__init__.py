@@ -1,0 +1,1 @@
+"""Audiobooks: turning books into chapters, chapters into audio."""
