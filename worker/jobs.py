@@ -150,6 +150,9 @@ class JobRunner:
         req = job.request
         fmt = req.get("response_format", "mp3")
 
+        # The check of each answer is a probe; the stored audio reuses it when passed through.
+        probed: dict[str, audio.AudioInfo] = {}
+
         def synthesize(text: str) -> RoutedResult[SynthesisResult]:
             # Between pieces is a safe point: a job canceled meanwhile makes no more calls.
             if len(pieces) > 1 and self._stopped(job):
@@ -170,7 +173,7 @@ class JobRunner:
                 # retryable failure of this attempt, so retries and fallbacks apply.
                 if produced.audio_format != "pcm":
                     try:
-                        audio.probe(produced.audio)
+                        probed[text] = audio.probe(produced.audio)
                     except audio.InvalidAudio as exc:
                         raise ProviderUnavailable(
                             f"{deployment.provider}: undecodable audio ({exc})"
@@ -189,14 +192,15 @@ class JobRunner:
         if len(pieces) == 1:
             routed = [synthesize(pieces[0])]
             produced = routed[0].value
-            out_rate: int | None = None
             if produced.audio_format == fmt and fmt != "pcm":
                 encoded = produced.audio  # already what the client asked for
+                info = probed[pieces[0]]
+                duration, rate = info.duration_seconds, info.sample_rate
             else:
                 encoded, out_rate = audio.transcode(
                     produced.audio, produced.audio_format, fmt, produced.sample_rate
                 )
-            duration, rate = self._measure(encoded, fmt, out_rate)
+                duration, rate = self._measure(encoded, fmt, out_rate)
             piece_seconds = [duration]
         else:
             # Longer than one request takes: pieces in parallel, joined into one take.
