@@ -53,8 +53,7 @@ def max_upload_bytes(state: AppState, model: str | None) -> int:
     else:
         names = [m.id for m in state.registry.models() if m.mode == TRANSCRIPTION]
     limits = [_model_limit_mb(state, name) for name in names] or [DEFAULT_MAX_FILE_SIZE_MB]
-    chosen = min(limits) if model is not None and len(names) == 1 else max(limits)
-    return int(chosen * 1_000_000)
+    return int(max(limits) * 1_000_000)
 
 
 def _model_limit_mb(state: AppState, model: str) -> float:
