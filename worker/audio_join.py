@@ -10,7 +10,16 @@ import numpy as np
 
 from worker.audio import decode_to_pcm, resample_pcm
 
-__all__ = ["PAUSE_MS", "to_pcm", "join_speech"]
+__all__ = [
+    "EDGE_MS",
+    "FADE_MS",
+    "PAUSE_MS",
+    "SILENCE_LEVEL",
+    "fade_edges",
+    "join_speech",
+    "to_pcm",
+    "trim_silence",
+]
 
 PAUSE_MS = 250  # about a sentence break in read speech
 FADE_MS = 8
@@ -38,14 +47,16 @@ def join_speech(
     parts: list[np.ndarray] = []
     for pcm, piece_rate in pieces:
         samples = np.frombuffer(resample_pcm(pcm, piece_rate, rate), dtype="<i2")
-        samples = _fade(_trim(samples, rate), rate)
+        samples = fade_edges(trim_silence(samples, rate), rate)
         if parts:
             parts.append(pause)
         parts.append(samples)
     return np.concatenate(parts).astype("<i2").tobytes(), rate
 
 
-def _trim(samples: np.ndarray, rate: int) -> np.ndarray:
+def trim_silence(samples: np.ndarray, rate: int) -> np.ndarray:
+    """s16 mono `samples` without their leading and trailing silence, keeping EDGE_MS of it
+    at each end; empty if the whole piece is silent. A view, not a copy."""
     loud = np.flatnonzero(np.abs(samples.astype(np.int32)) >= SILENCE_LEVEL)
     if loud.size == 0:
         return samples[:0]
@@ -53,7 +64,9 @@ def _trim(samples: np.ndarray, rate: int) -> np.ndarray:
     return samples[max(0, loud[0] - edge) : loud[-1] + 1 + edge]
 
 
-def _fade(samples: np.ndarray, rate: int) -> np.ndarray:
+def fade_edges(samples: np.ndarray, rate: int) -> np.ndarray:
+    """s16 mono `samples` with linear FADE_MS fades in and out: the first and last samples
+    become 0, so whatever comes next (silence, another piece) joins without a click."""
     length = min(int(rate * FADE_MS / 1000), samples.size // 2)
     if length == 0:
         return samples

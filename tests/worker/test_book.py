@@ -103,6 +103,66 @@ def test_split_chapters_empty_heading_folds_into_next() -> None:
     assert book.chapters[1].text == "More."
 
 
+@pytest.mark.parametrize(
+    ("text", "chapters"),
+    [
+        (
+            "CHAPTER I\n\nThe Boy Who Lived\n\nMr. and Mrs. Dursley were proud.",
+            [("CHAPTER I: The Boy Who Lived", "Mr. and Mrs. Dursley were proud.")],
+        ),
+        (
+            "CHAPTER I\nTHE BOY WHO LIVED\n\nMr. and Mrs. Dursley were proud.",
+            [("CHAPTER I: THE BOY WHO LIVED", "Mr. and Mrs. Dursley were proud.")],
+        ),
+        (
+            "Chapter 1.\n\n  The   Vanishing\tGlass  \n\nNearly ten years had passed.",
+            [("Chapter 1: The Vanishing Glass", "Nearly ten years had passed.")],
+        ),
+        (
+            "Prologue\n\nLondon, 1815\n\nIt rained.\n\nChapter 2\n\nThe Letters\n",
+            [("Prologue: London, 1815", "It rained."), ("Chapter 2", "The Letters")],
+        ),
+        (
+            "PART ONE\n\nTHE OLD WORLD\n\nCHAPTER I\n\nHOME\n\nText.",
+            [("PART ONE: THE OLD WORLD \u2014 CHAPTER I: HOME", "Text.")],
+        ),
+    ],
+    ids=["blank-line", "next-line", "whitespace", "last-chapter-only-line", "part-folds"],
+)
+def test_split_chapters_title_on_line_after_bare_heading(
+    text: str, chapters: list[tuple[str, str]]
+) -> None:
+    assert split_chapters(text).chapters == tuple(Chapter(t, body) for t, body in chapters)
+
+
+@pytest.mark.parametrize(
+    ("first", "body"),
+    [
+        ("It was a dark and stormy night.", "It was a dark and stormy night.\n\nMore."),
+        ("Where was he?", "Where was he?\n\nMore."),
+        ("He waited\u2026", "He waited\u2026\n\nMore."),
+        ("\u201cWake up!\u201d", "\u201cWake up!\u201d\n\nMore."),
+        ("\u201cWake up\u201d", "\u201cWake up\u201d\n\nMore."),
+        ("The boy woke\nearly that day", "The boy woke early that day\n\nMore."),
+        ("* * *", "* * *\n\nMore."),
+        ("A" + " very long line" * 5, "A" + " very long line" * 5 + "\n\nMore."),
+    ],
+    ids=["sentence", "question", "ellipsis", "quoted-sentence", "dialogue", "paragraph",
+         "scene-break", "long"],
+)  # fmt: skip
+def test_split_chapters_next_line_that_is_text_stays_text(first: str, body: str) -> None:
+    book = split_chapters(f"Chapter 2\n\n{first}\n\nMore.")
+    assert book.chapters == (Chapter("Chapter 2", body),)
+
+
+def test_split_chapters_next_line_not_taken_by_titled_or_markdown_heading() -> None:
+    for heading in ("Chapter 1: Named", "# Chapter 1"):
+        book = split_chapters(f"{heading}\n\nThe Boy\n\nText.")
+        assert book.chapters[0].text == "The Boy\n\nText."
+    # A chapter's only line is its text, not its title.
+    assert split_chapters("Chapter 1\n\nThe End").chapters == (Chapter("Chapter 1", "The End"),)
+
+
 @pytest.mark.parametrize("text", ["", "  \n\n \t", "Chapter 1\n\nChapter 2\n"])
 def test_split_chapters_without_text_fails(text: str) -> None:
     with pytest.raises(BookError, match="no text"):
@@ -176,6 +236,70 @@ def test_read_markdown_top_level_chapters() -> None:
     book = read_markdown(b"# One\n\nFirst.\n\n# Two\n\nSecond.\n")
     assert book.title is None
     assert titles(book) == ["One", "Two"]
+
+
+SETEXT = """\
+The Storm
+=========
+
+Chapter *One*
+-------------
+
+It was dark.
+
+---
+
+Still dark.
+Two lines, then
+---
+
+Chapter Two
+--
+
+- a list item
+---
+
+> a quote
+---
+
+The end.
+Of the book
+===========
+"""
+
+
+def test_read_markdown_setext_headings() -> None:
+    book = read_markdown(SETEXT.encode())
+    assert book.title == "The Storm"
+    assert book.chapters == (
+        Chapter("Chapter One", "It was dark.\n\nStill dark. Two lines, then"),
+        Chapter("Chapter Two", "a list item\n\na quote\n\nThe end. Of the book"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("markdown", "chapters"),
+    [
+        ("# A\n\nText.\nSub\n---\nMore.", [("A", "Text. Sub\n\nMore.")]),
+        ("# A\n\nText.\n\n# B\nSub\n---\nMore.", [("A", "Text."), ("B \u2014 Sub", "More.")]),
+        ("# A\n\nText.\n\n===\n\nMore.", [("A", "Text.\n\n===\n\nMore.")]),
+        ("# A\n\n```\ncode\n```\n---\nMore.", [("A", "More.")]),
+        ("# A\n\n" + "x" * 120 + "\n---\nMore.", [("A", "x" * 120 + "\n\nMore.")]),
+        ("# A\n\n- - -\nMore.\n- - -", [("A", "More.")]),
+    ],
+    ids=["two-line-paragraph", "after-atx", "lone-equals", "after-fence", "too-long", "rules"],
+)
+def test_read_markdown_setext_edges(markdown: str, chapters: list[tuple[str, str]]) -> None:
+    book = read_markdown(markdown.encode())
+    assert book.chapters == tuple(Chapter(title, text) for title, text in chapters)
+
+
+def test_read_markdown_front_matter_left_out() -> None:
+    text = "---\ntitle: The Storm\ntags:\n  - weather\n---\n\n# One\n\nText.\n"
+    assert read_markdown(text.encode()).chapters == (Chapter("One", "Text."),)
+    # Without key: value lines, the first `---` is a rule and the second an underline.
+    text = "---\nAn opening line\n---\n\nText.\n\n# One\n\nMore.\n"
+    assert titles(read_markdown(text.encode())) == ["An opening line", "One"]
 
 
 def _html(title: str, body: str) -> epub.EpubHtml:

@@ -11,12 +11,20 @@ Exceptions::
 
 Chapter headings in text (`split_chapters`) are lines that stand alone:
 
-- Markdown `# Title` and `## Title` (`###` and deeper are ordinary text);
+- Markdown `# Title` and `## Title` (`###` and deeper are ordinary text); in a Markdown
+  book also a one-line paragraph underlined with `===` or `---` (see `read_markdown`);
 - after a blank line or at the start of the text, "Chapter 1", "CHAPTER ONE",
   "Chapter XII: The Storm", "Part II", "PART THREE", "Prologue", "Epilogue" (any case),
   optionally followed by a title after ":", ".", "—",
   "–" or " - ". The number is digits, a Roman numeral or an English number word up to
   ninety-nine. A line such as "Chapter 3 of the manual" is not a heading.
+
+Such a heading with no title of its own ("CHAPTER I") takes its title from the next
+line, as Project Gutenberg books print it, when that line is a paragraph of its own, at
+most 60 characters, with a letter in it, and not a sentence: it does not end with
+". ! ? , ; : … —" (a closing quote or bracket after them counts too) nor open with a
+double quote. "CHAPTER I" then "The Boy Who Lived" make "CHAPTER I: The Boy Who Lived".
+A chapter's only line is left as its text.
 
 A heading with no text under it (a "Part II" directly followed by "Chapter 5") is folded
 into the next chapter's title ("Part II — Chapter 5"). Text before the first heading is
@@ -53,6 +61,7 @@ EPUB_MIMETYPE = b"application/epub+zip"
 TITLE_PAGE_MAX_LINES = 2
 TITLE_PAGE_MAX_CHARACTERS = 200
 HEADING_MAX_CHARACTERS = 120
+TITLE_LINE_MAX_CHARACTERS = 60
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,8 @@ _KEYWORD_HEADING = re.compile(
 _MARKDOWN_HEADING = re.compile(r"(#{1,2})[ \t]+(?P<title>.+?)(?:[ \t]+#+)?[ \t]*")
 _SPACE = re.compile(r"\s+")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
+_SENTENCE_END = re.compile(r"[.!?,;:\u2026\u2014][\"'\u201d\u2019)\]]*$")
+_OPENING_QUOTE = re.compile(r"[\"\u201c]")
 
 
 def _heading_title(line: str, *, after_blank: bool = True) -> str | None:
@@ -117,6 +128,39 @@ def _heading_title(line: str, *, after_blank: bool = True) -> str | None:
     return None
 
 
+def _is_bare_keyword_heading(line: str) -> bool:
+    """Whether `line` is a "Chapter 1"-style heading with no title after its number."""
+    match = _KEYWORD_HEADING.fullmatch(line.strip())
+    return match is not None and not (match["title"] or "").strip()
+
+
+def _title_line(lines: list[str], *, heading_follows: bool) -> tuple[str, list[str]] | None:
+    """The title printed on the line under a bare "CHAPTER I", and the lines after it;
+    None when that line reads as body text (see the module docstring).
+
+    `heading_follows` says another heading comes after these lines: a title line with
+    nothing under it then folds into that heading ("PART ONE", "THE OLD WORLD", then
+    "CHAPTER I"), while at the end of the book it is kept as the chapter's text.
+    """
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        return None
+    title = _collapse(lines[first])
+    rest = lines[first + 1 :]
+    if rest and rest[0].strip():
+        return None  # the line opens a longer paragraph
+    if (
+        len(title) > TITLE_LINE_MAX_CHARACTERS
+        or not any(c.isalpha() for c in title)  # "* * *" or a date is not a title
+        or _SENTENCE_END.search(title)
+        or _OPENING_QUOTE.match(title)  # dialogue
+    ):
+        return None
+    if not heading_follows and not any(line.strip() for line in rest):
+        return None
+    return title, rest
+
+
 def _collapse(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
@@ -133,12 +177,13 @@ def split_chapters(text: str, *, title: str | None = None) -> Book:
         raise BookError("The book is empty: it has no text to read.")
 
     preamble: list[str] = []
-    sections: list[tuple[str, list[str]]] = []
+    # (title, lines under it, whether the heading is a bare "CHAPTER I")
+    sections: list[tuple[str, list[str], bool]] = []
     previous_blank = True
     for line in text.split("\n"):
         heading = _heading_title(line, after_blank=previous_blank)
         if heading is not None:
-            sections.append((heading, []))
+            sections.append((heading, [], _is_bare_keyword_heading(line)))
             # The line after a heading starts a new paragraph, and may itself be a heading
             # ("Part II" then "Chapter 5").
             previous_blank = True
@@ -148,7 +193,10 @@ def split_chapters(text: str, *, title: str | None = None) -> Book:
 
     chapters: list[Chapter] = []
     pending_titles: list[str] = []
-    for heading, lines in sections:
+    for n, (heading, lines, bare) in enumerate(sections):
+        if bare and (found := _title_line(lines, heading_follows=n + 1 < len(sections))):
+            title_line, lines = found
+            heading = f"{heading}: {title_line}"
         body = "\n\n".join(_paragraphs("\n".join(lines)))
         if not body:
             pending_titles.append(heading)
@@ -216,6 +264,9 @@ _STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
 _ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!>~|])")
 _ESCAPED_BASE = 0xE000  # a private-use block: one code point per escaped ASCII character
 _ESCAPED = re.compile("[\ue000-\ue07f]")
+_SETEXT_UNDERLINE = re.compile(r" {0,3}(?P<marker>=+|-+)[ \t]*")
+_ATX_HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t]|$)")
+_FRONT_MATTER_LINE = re.compile(r"[ \t]*$|[ \t]*#|[ \t]*- |[ \t]+\S|[\w\"'-][^:]*:(?:[ \t]|$)")
 
 
 def _clean_markdown_line(line: str) -> str:
@@ -237,32 +288,92 @@ def _clean_markdown_line(line: str) -> str:
     return _ESCAPED.sub(lambda m: chr(ord(m[0]) - _ESCAPED_BASE), line)
 
 
-def _markdown_lines(text: str) -> Iterator[str]:
-    """The lines of `text` as plain text, `#`/`##` markers kept, fenced code left out."""
+def _without_front_matter(lines: list[str]) -> list[str]:
+    """`lines` less a leading YAML front matter block (`---`, `key: value` lines, `---`
+    or `...`), which is metadata, and whose closing `---` would make its last line a
+    setext heading."""
+    if not lines or lines[0].strip() != "---":
+        return lines
+    for end, line in enumerate(lines[1:], start=1):
+        if line.strip() in ("---", "..."):
+            return lines[end + 1 :]
+        if not _FRONT_MATTER_LINE.match(line):
+            break
+    return lines
+
+
+def _setext_heading(lines: list[str], paragraph: list[int], level: str) -> None:
+    """Make the underlined paragraph at `paragraph` (indexes in `lines`) a heading.
+
+    CommonMark makes the whole paragraph the heading; a chapter title is one short line,
+    so a longer paragraph stays text (and its underline is dropped by the caller).
+    """
+    if len(paragraph) != 1:
+        return
+    heading = f"{level} {_collapse(lines[paragraph[0]])}"
+    # Measured as an ATX heading line, so that `_heading_title` takes it.
+    if heading.strip() != level and len(heading) <= HEADING_MAX_CHARACTERS:
+        lines[paragraph[0]] = heading
+
+
+def _markdown_lines(text: str) -> list[str]:
+    """The lines of `text` as plain text, fenced code left out, `#`/`##` markers kept and
+    setext headings (a paragraph underlined with `===` or `---`) written as them."""
+    lines: list[str] = []
+    # Indexes in `lines` of the paragraph being read, which an underline would make a
+    # heading: [] between blocks, None inside a list item or quote, whose following lines
+    # continue it (an underline there is a rule, as in CommonMark).
+    paragraph: list[int] | None = []
     fence: str | None = None
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+    raw_lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for line in _without_front_matter(raw_lines):
         if match := _FENCE.match(line):
             marker = match[1]
+            paragraph = []
             if fence is None:
                 fence = marker
                 continue
             if marker[0] == fence[0] and len(marker) >= len(fence):
                 fence = None
-                yield ""
+                lines.append("")
                 continue
-        if fence is None:
-            yield _clean_markdown_line(line)
+        if fence is not None:
+            continue
+        underline = _SETEXT_UNDERLINE.fullmatch(line)
+        if underline and paragraph:
+            _setext_heading(lines, paragraph, "#" if underline["marker"][0] == "=" else "##")
+            lines.append("")
+            paragraph = []
+            continue
+        lines.append(_clean_markdown_line(line))
+        if (
+            not line.strip()
+            or _ATX_HEADING.match(line)
+            or _RULE.match(line)
+            or _REFERENCE_DEFINITION.match(line)
+        ):
+            paragraph = []
+        elif _QUOTE.match(line) or _LIST_MARKER.match(line):
+            paragraph = None
+        elif paragraph is not None and not underline:
+            paragraph.append(len(lines) - 1)
+    return lines
 
 
 def read_markdown(data: bytes) -> Book:
     """A Markdown book as speakable text; `#`/`##` headings define its chapters.
+
+    Setext headings count as `#` (`===` underline) and `##` (`---`) when the underlined
+    paragraph is one line; under a longer paragraph the underline is dropped and the text
+    kept. A `---` after a blank line, a list item or a quote is a rule. YAML front matter
+    at the top is left out.
 
     Emphasis, inline code, links (their text stays), images, HTML tags, quotes, list
     markers and rules are stripped; fenced code blocks are left out, since code is not
     read aloud. A leading `# Title`, when it is the only `#` heading and `##` chapters
     follow, is the book's title rather than a chapter.
     """
-    lines = list(_markdown_lines(_decode(data)))
+    lines = _markdown_lines(_decode(data))
     levels = [
         (i, m[1])
         for i, line in enumerate(lines)
