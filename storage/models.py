@@ -104,6 +104,7 @@ class UsageRecord(Base):
     # One row per billable call: a re-run after a crash cannot bill the same call twice.
     __table_args__ = (
         UniqueConstraint("job_id", "call_key", name="uq_usage_job_call"),
+        UniqueConstraint("audiobook_id", "call_key", name="uq_usage_audiobook_call"),
         Index("ix_usage_tenant_created", "tenant", "created_at"),
         # Budgets sum spend per key and per end user.
         Index("ix_usage_key_id", "key_id"),
@@ -111,7 +112,11 @@ class UsageRecord(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    # A job's call, or an audiobook segment's (exactly one of the two is set).
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    audiobook_id: Mapped[str | None] = mapped_column(
+        ForeignKey("audiobooks.id", ondelete="CASCADE", name="fk_usage_records_audiobook_id")
+    )
     call_key: Mapped[str] = mapped_column(String(100))
     tenant: Mapped[str] = mapped_column(String(250))
     key_id: Mapped[str | None] = mapped_column(String(40))
@@ -140,4 +145,4 @@ class RouterCounter(Base):
 
 
 # Last, so the webhook tables join this metadata (their module imports Base from here).
-from storage import webhook_models  # noqa: E402, F401
+from storage import audiobook_models, webhook_models  # noqa: E402, F401

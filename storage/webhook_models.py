@@ -26,12 +26,21 @@ class WebhookDelivery(Base):
     __table_args__ = (
         # One event per terminal state: enqueueing the same event twice is a conflict.
         UniqueConstraint("job_id", "type", name="uq_webhook_deliveries_job_type"),
+        # An audiobook ends once per round (a retry or a re-render starts a new one).
+        UniqueConstraint(
+            "audiobook_id", "round", "type", name="uq_webhook_deliveries_audiobook_round_type"
+        ),
         # The sweeper looks for pending deliveries that are due.
         Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # msg_…, the webhook-id
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    # The job's event, or the audiobook's (exactly one of the two is set).
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    audiobook_id: Mapped[str | None] = mapped_column(
+        ForeignKey("audiobooks.id", ondelete="CASCADE", name="fk_webhook_deliveries_audiobook_id")
+    )
+    round: Mapped[int] = mapped_column(Integer, default=0)
     tenant: Mapped[str] = mapped_column(String(250))
     type: Mapped[str] = mapped_column(String(40))  # job.succeeded | job.failed | job.canceled
     url: Mapped[str] = mapped_column(Text)

@@ -11,6 +11,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from speechq.ids import new_id
+from storage.audiobook_models import Audiobook
 from storage.models import ApiKey, Job, utcnow
 from storage.webhook_models import WebhookAttempt, WebhookDelivery
 
@@ -39,17 +40,21 @@ _NO_SYNC: dict[str, Any] = {"synchronize_session": False}
 def create_delivery(
     session: Session,
     *,
-    job_id: str,
+    job_id: str | None,
     tenant: str,
     type: str,
     url: str,
     payload: dict[str, Any],
+    audiobook_id: str | None = None,
+    round: int = 0,
 ) -> WebhookDelivery:
     """A pending delivery, due now and covered by the message its caller publishes next."""
     now = utcnow()
     row = WebhookDelivery(
         id=new_id("msg"),
         job_id=job_id,
+        audiobook_id=audiobook_id,
+        round=round,
         tenant=tenant,
         type=type,
         url=url,
@@ -238,10 +243,28 @@ def mark_delivery_published(session: Session, *, delivery_id: str, due_at: datet
     )
 
 
-def signing_key_of_job(session: Session, *, job_id: str) -> tuple[bool, str | None]:
-    """(made_with_a_key, that key's webhook_secret). (False, None) for a job made with the
-    master key; (True, None) if the key row no longer exists."""
-    key_id = session.scalar(select(Job.key_id).where(Job.id == job_id))
+def signing_key_of_job(
+    session: Session, *, job_id: str | None, audiobook_id: str | None = None
+) -> tuple[bool, str | None]:
+    """(made_with_a_key, that key's webhook_secret) for a job's or an audiobook's event.
+    (False, None) when it was made with the master key; (True, None) if the key row no
+    longer exists."""
+    if job_id is not None:
+        key_id = session.scalar(select(Job.key_id).where(Job.id == job_id))
+    else:
+        key_id = session.scalar(select(Audiobook.key_id).where(Audiobook.id == audiobook_id))
     if key_id is None:
         return False, None
     return True, session.scalar(select(ApiKey.webhook_secret).where(ApiKey.id == key_id))
+
+
+def delivery_for_audiobook_event(
+    session: Session, *, audiobook_id: str, round: int, type: str
+) -> WebhookDelivery | None:
+    return session.scalar(
+        select(WebhookDelivery).where(
+            WebhookDelivery.audiobook_id == audiobook_id,
+            WebhookDelivery.round == round,
+            WebhookDelivery.type == type,
+        )
+    )

@@ -47,7 +47,7 @@ from speechq import __version__
 from speechq.domain import JobStatus
 from speechq.net_guard import HostUnresolvable, Resolver, UnsafeURL, pinned_client, resolve_safe
 from speechq.settings import Settings, get_settings
-from storage import queries, webhook_queries
+from storage import audiobook_queries, queries, webhook_queries
 from storage.db import session_scope
 from storage.models import Job, utcnow
 from storage.webhook_models import WebhookDelivery
@@ -59,6 +59,7 @@ __all__ = [
     "EVENT_TYPES",
     "AttemptOutcome",
     "enqueue_job_event",
+    "enqueue_audiobook_event",
     "redeliver_job_event",
     "publish_delivery",
     "requeue_due_deliveries",
@@ -119,6 +120,37 @@ def enqueue_job_event(session: Session, *, job_id: str) -> str | None:
     }
     row = webhook_queries.create_delivery(
         session, job_id=job.id, tenant=job.tenant, type=type, url=job.webhook_url, payload=payload
+    )
+    return row.id
+
+
+def enqueue_audiobook_event(session: Session, *, book_id: str) -> str | None:
+    """Like `enqueue_job_event`, for an audiobook that has just ended this round."""
+    # Imported here: the API's schema module imports this one's neighbours.
+    from api.audiobook_schemas import audiobook_public
+
+    book = audiobook_queries.get_book(session, book_id=book_id, tenant=None)
+    if book is None or not book.webhook_url or book.status not in EVENT_TYPES:
+        return None
+    type = "audiobook." + book.status
+    if webhook_queries.delivery_for_audiobook_event(
+        session, audiobook_id=book.id, round=book.round, type=type
+    ):
+        return None
+    payload = {
+        "type": type,
+        "timestamp": _iso(book.finished_at or utcnow()),
+        "data": audiobook_public(session, book).model_dump(mode="json"),
+    }
+    row = webhook_queries.create_delivery(
+        session,
+        job_id=None,
+        audiobook_id=book.id,
+        round=book.round,
+        tenant=book.tenant,
+        type=type,
+        url=book.webhook_url,
+        payload=payload,
     )
     return row.id
 
@@ -219,8 +251,10 @@ def deliver(
         if row is None:
             return "skipped"
         attempt, round_attempts = row.attempt_count, row.round_attempts
-        url, payload, job_id = row.url, row.payload, row.job_id
-        made_with_key, secret = webhook_queries.signing_key_of_job(session, job_id=job_id)
+        url, payload = row.url, row.payload
+        made_with_key, secret = webhook_queries.signing_key_of_job(
+            session, job_id=row.job_id, audiobook_id=row.audiobook_id
+        )
     if not made_with_key and settings.master_key:
         secret = master_webhook_secret(settings.master_key)
     started_at = utcnow()

@@ -17,6 +17,8 @@ from tests.services import temporary_postgres_database
 
 TABLES = {"api_keys", "jobs", "provider_attempts", "usage_records", "router_counters"}
 TABLES |= {"webhook_deliveries", "webhook_attempts"}
+TABLES |= {"audiobooks", "audiobook_chapters", "audiobook_segments", "audiobook_segment_cache"}
+TABLES |= {"audiobook_dispatch_locks"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
