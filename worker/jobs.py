@@ -35,6 +35,7 @@ from storage.models import ApiKey, Job, UsageRecord, utcnow
 from storage.objects import ObjectStore, tenant_key
 from worker import audio, webhooks
 from worker.audio_join import join_speech, to_pcm
+from worker.budget import BudgetExceeded, Guard, budget_guard
 from worker.lease import LeaseKeeper
 from worker.providers import get_provider
 from worker.providers.base import (
@@ -52,8 +53,6 @@ from worker.text_split import split_text
 __all__ = ["JobRunner"]
 
 log = logging.getLogger(__name__)
-
-_Guard = Callable[[], None] | None
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class JobRunner:
     # --- speech ---------------------------------------------------------------------------
 
     def _run_speech(
-        self, job: _Claimed, router: Router, attempts: _AttemptLog, guard: _Guard
+        self, job: _Claimed, router: Router, attempts: _AttemptLog, guard: Guard
     ) -> str:
         req = job.request
         fmt = req.get("response_format", "mp3")
@@ -266,7 +265,7 @@ class JobRunner:
         job: _Claimed,
         router: Router,
         attempts: _AttemptLog,
-        guard: _Guard,
+        guard: Guard,
         selected_guardrails: tuple[str, ...],
     ) -> str:
         req = job.request
@@ -440,24 +439,15 @@ class JobRunner:
 
         return screen
 
-    def _budget_guard(self, job: _Claimed, key_budget: float | None) -> _Guard:
-        """A check run before each provider call when a budget applies, else None."""
-        user_budget = self.registry.end_user_budget(job.user)
-        if key_budget is None and user_budget is None:
-            return None
-
-        def guard() -> None:
-            with session_scope(self.db_url) as session:
-                if key_budget is not None:
-                    spent = queries.spent_usd(session, key_id=job.key_id)
-                    if spent >= key_budget:
-                        raise BudgetExceeded(f"the key's ${key_budget:g} budget is spent")
-                if user_budget is not None:
-                    spent = queries.spent_usd(session, tenant=job.tenant, user=job.user)
-                    if spent >= user_budget:
-                        raise BudgetExceeded(f"the end user's ${user_budget:g} budget is spent")
-
-        return guard
+    def _budget_guard(self, job: _Claimed, key_budget: float | None) -> Guard:
+        return budget_guard(
+            self.db_url,
+            key_id=job.key_id,
+            key_budget=key_budget,
+            tenant=job.tenant,
+            user=job.user,
+            user_budget=self.registry.end_user_budget(job.user),
+        )
 
     def _stopped(self, job: _Claimed) -> bool:
         """Canceled, or taken back from this run and claimed by another."""
@@ -470,10 +460,6 @@ class JobRunner:
 class _KeyFacts:
     budget_usd: float | None
     guardrails: tuple[str, ...]
-
-
-class BudgetExceeded(Exception):
-    """A key's or an end user's budget was spent before this provider call."""
 
 
 class _AttemptLog:

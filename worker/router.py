@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from speechq.registry import Registry
 from storage.counters import Counters
@@ -35,7 +35,15 @@ from worker.providers.errors import (
     RetryableError,
 )
 
-__all__ = ["Attempt", "RoutedResult", "AllDeploymentsFailed", "RouterSettings", "Router"]
+__all__ = [
+    "Attempt",
+    "RoutedResult",
+    "AllDeploymentsFailed",
+    "NoFreeSlot",
+    "SlotGate",
+    "RouterSettings",
+    "Router",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +78,24 @@ class AllDeploymentsFailed(Exception):
     def __init__(self, message: str, *, last: ProviderError | None) -> None:
         super().__init__(message)
         self.last = last
+
+
+class NoFreeSlot(Exception):
+    """Every deployment was at its concurrency cap: nothing was called; try again later."""
+
+
+class _NextDeployment(Exception):
+    def __init__(self, error: ProviderError | None) -> None:
+        self.error = error
+
+
+class SlotGate(Protocol):
+    """A per-deployment concurrency cap: `acquire` a slot before calling a deployment
+    (False: it is full, skip it), `release` it after."""
+
+    def acquire(self, deployment: Deployment) -> bool: ...
+
+    def release(self, deployment: Deployment) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -178,32 +204,62 @@ class Router:
         *,
         should_stop: Callable[[], bool] = lambda: False,
         before_attempt: Callable[[], None] | None = None,
+        slots: SlotGate | None = None,
     ) -> RoutedResult[T]:
-        """`before_attempt` runs before every provider call and may raise to stop (budgets)."""
+        """`before_attempt` runs before every provider call and may raise to stop (budgets).
+        With `slots`, a deployment is tried only while it holds one of its slots; if none
+        had a free slot (and none failed), `NoFreeSlot` is raised."""
         last: ProviderError | None = None
+        skipped = False
         for deployment in self.candidates(model):
-            for try_number in range(self.settings.num_retries + 1):
-                # Checked before every attempt but the first: the job was just claimed.
-                if last is not None and should_stop():
-                    raise AllDeploymentsFailed("stopped", last=last)
-                if before_attempt is not None:
-                    before_attempt()
-                try:
-                    return self._attempt(deployment, fn)
-                except InvalidInput:
-                    raise
-                except ProviderError as exc:
-                    last = exc
-                    cooled = self._record_failure(deployment)
-                    last_try = try_number == self.settings.num_retries
-                    if isinstance(exc, PermanentError) or cooled or last_try:
-                        break
-                    assert isinstance(exc, RetryableError)
-                    self.sleep(self._backoff_s(try_number, exc))
+            if slots is not None and not slots.acquire(deployment):
+                skipped = True
+                continue
+            try:
+                return self._call_deployment(
+                    deployment, fn, last, should_stop=should_stop, before_attempt=before_attempt
+                )
+            except _NextDeployment as moved_on:
+                last = moved_on.error
+            finally:
+                if slots is not None:
+                    slots.release(deployment)
+        if last is None and skipped:
+            raise NoFreeSlot(f"every deployment of {model!r} is at its concurrency cap")
         raise AllDeploymentsFailed(
             f"every deployment of {model!r} failed" + (f": {last.message}" if last else ""),
             last=last,
         )
+
+    def _call_deployment(
+        self,
+        deployment: Deployment,
+        fn: Callable[[SpeechProvider, Deployment], T],
+        last: ProviderError | None,
+        *,
+        should_stop: Callable[[], bool],
+        before_attempt: Callable[[], None] | None,
+    ) -> RoutedResult[T]:
+        """Tries on one deployment; raises `_NextDeployment` to move on to the next."""
+        for try_number in range(self.settings.num_retries + 1):
+            # Checked before every attempt but the first: the job was just claimed.
+            if last is not None and should_stop():
+                raise AllDeploymentsFailed("stopped", last=last)
+            if before_attempt is not None:
+                before_attempt()
+            try:
+                return self._attempt(deployment, fn)
+            except InvalidInput:
+                raise
+            except ProviderError as exc:
+                last = exc
+                cooled = self._record_failure(deployment)
+                last_try = try_number == self.settings.num_retries
+                if isinstance(exc, PermanentError) or cooled or last_try:
+                    break
+                assert isinstance(exc, RetryableError)
+                self.sleep(self._backoff_s(try_number, exc))
+        raise _NextDeployment(last)
 
     def _attempt(
         self, deployment: Deployment, fn: Callable[[SpeechProvider, Deployment], T]

@@ -416,3 +416,55 @@ def test_cooldown_is_shared_between_processes(url: str) -> None:
             assert router.call("tts", _a_is_down).deployment.id == "tts#1"
     finally:
         state.close()
+
+
+# --- per-deployment slots (audiobook segments) ----------------------------------------
+
+
+class Slots:
+    """A SlotGate with a fixed number of free slots per deployment model."""
+
+    def __init__(self, free: dict[str, int]) -> None:
+        self.free = free
+        self.held: list[str] = []
+        self.released: list[str] = []
+
+    def acquire(self, deployment: Deployment) -> bool:
+        if self.free.get(deployment.model, 0) <= 0:
+            return False
+        self.free[deployment.model] -= 1
+        self.held.append(deployment.model)
+        return True
+
+    def release(self, deployment: Deployment) -> None:
+        self.free[deployment.model] += 1
+        self.released.append(deployment.model)
+
+
+def test_a_full_deployment_is_skipped_for_one_with_a_free_slot(state: Counters) -> None:
+    router = make_router(state)
+    script = Script({"a": ["from a"], "b": ["from b"]})
+    slots = Slots({"a": 0, "b": 1})
+    assert router.call("tts", script, slots=slots).value == "from b"
+    assert script.calls == ["b"]
+    assert slots.held == slots.released == ["b"]  # the slot is given back after the call
+
+
+def test_every_deployment_full_raises_no_free_slot_without_calling(state: Counters) -> None:
+    from worker.router import NoFreeSlot
+
+    router = make_router(state)
+    script = Script({"a": ["x"], "b": ["x"], "c": ["x"]})
+    with pytest.raises(NoFreeSlot):
+        router.call("tts", script, slots=Slots({}))
+    assert script.calls == []
+
+
+def test_a_slot_is_released_when_its_deployment_fails(state: Counters) -> None:
+    router = make_router(state)
+    down = ProviderUnavailable("down")
+    script = InOrder([down, down, down, down, down, down, "from backup"])
+    slots = Slots({"a": 1, "b": 1, "c": 1})
+    assert router.call("tts", script, slots=slots).value == "from backup"
+    assert sorted(slots.held) == sorted(slots.released) == ["a", "b", "c"]
+    assert slots.free == {"a": 1, "b": 1, "c": 1}
