@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.metrics import MetricsMiddleware
-from api.routes import audio, jobs, keys, models, ops, usage, webhooks
+from api.routes import audio, audiobooks, jobs, keys, models, ops, usage, webhooks
 from api.schemas import ERROR_RESPONSES
 from api.state import build_state
 from speechq import __version__
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.speechq = state
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware)
-    for module in (jobs, webhooks, audio, keys, models, usage, ops):
+    for module in (jobs, webhooks, audio, audiobooks, keys, models, usage, ops):
         app.include_router(module.router)
     logging.getLogger(__name__).info("speechq API ready (%s models)", len(state.registry.models()))
     return app

@@ -28,6 +28,7 @@ __all__ = [
     "wait_for_end",
     "content_response",
     "transcript_response",
+    "audio_response",
 ]
 
 
@@ -85,7 +86,7 @@ def content_response(state: AppState, job: Job, range_header: str | None = None)
     key = job.result["object_key"]
     if job.type == "transcription":
         return transcript_response(state, job)
-    return _audio_response(
+    return audio_response(
         state, key, job.result["content_type"], range_header, job.result.get("bytes")
     )
 
@@ -97,7 +98,7 @@ def transcript_response(state: AppState, job: Job) -> Response:
     return Response(body, media_type=content_type)
 
 
-def _audio_response(
+def audio_response(
     state: AppState, key: str, content_type: str, range_header: str | None, total: int | None
 ) -> Response:
     if total is None:  # results written before `bytes` was recorded

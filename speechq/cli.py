@@ -68,6 +68,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ]
     if args.hostname:
         argv += ["--hostname", args.hostname]
+    if args.pool:
+        argv += ["--pool", args.pool]
     celery_app.worker_main(argv)
     return 0
 
@@ -200,9 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
 
     worker = with_config(sub.add_parser("worker", help="run a Celery worker"))
-    worker.add_argument("--queues", default="speech,transcription,maintenance,webhooks")
+    worker.add_argument("--queues", default="speech,transcription,audiobook,maintenance,webhooks")
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("--hostname", default=None)
+    # Audiobook segments wait on providers: a worker of threads serves many at once.
+    worker.add_argument("--pool", choices=["prefork", "threads", "solo"], default=None)
     worker.set_defaults(func=cmd_worker)
 
     with_config(sub.add_parser("beat", help="run the periodic scheduler")).set_defaults(

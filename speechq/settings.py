@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=2, ge=1)
     # Pieces of one long speech job synthesized at once (threads in the job's worker).
     speech_piece_concurrency: int = Field(default=4, ge=1)
+    # Audiobook segments one deployment serves at once (a deployment's
+    # `audiobook_concurrency` in the config wins); a book never takes more.
+    audiobook_concurrency: int = Field(default=4, ge=1)
     log_level: str = "INFO"
     whisper_model_dir: Path | None = None
     piper_voice_path: Path | None = None

@@ -125,6 +125,8 @@ FAULT_SCRIPTS: dict[str, tuple[str, ...]] = {
     "hang": ("hang",),  # answers only after HANG_SECONDS
     "garbage": ("garbage",),  # HTTP 200 with bytes that are not audio
     "down": ("500",),  # HTTP 500 on every call
+    # HTTP 500 on every call until the test calls `heal(fault, input)`.
+    "down-until-healed": ("500",),
 }
 
 
@@ -142,6 +144,7 @@ class ScriptedOpenAI:
     calls: dict[tuple[str, str], int] = field(default_factory=dict)
     # When each call arrived (time.monotonic() in this process), per (fault, input).
     arrivals: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    healed: set[tuple[str, str]] = field(default_factory=set)
     server: ThreadingHTTPServer | None = None
     _refusing: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -159,11 +162,18 @@ class ScriptedOpenAI:
         with self._lock:
             return list(self.arrivals.get((fault, text), ()))
 
+    def heal(self, fault: str, text: str) -> None:
+        """From now on, calls for `text` answer with audio."""
+        with self._lock:
+            self.healed.add((fault, text))
+
     def _next_step(self, fault: str, text: str) -> str:
         with self._lock:
             number = self.calls.get((fault, text), 0)
             self.calls[(fault, text)] = number + 1
             self.arrivals.setdefault((fault, text), []).append(time.monotonic())
+            if (fault, text) in self.healed:
+                return "ok"
         script = FAULT_SCRIPTS[fault]
         return script[min(number, len(script) - 1)]
 

@@ -37,7 +37,9 @@ SWEEP_INTERVAL_S = 15.0
 def create_celery(settings: Settings) -> Celery:
     sqlite_broker.register()
     app = Celery(
-        "speechq", broker=settings.resolved_broker_url, include=["worker.tasks", "worker.webhooks"]
+        "speechq",
+        broker=settings.resolved_broker_url,
+        include=["worker.tasks", "worker.webhooks", "worker.audiobook.tasks"],
     )
     transport_options: dict[str, Any] = {}
     if settings.resolved_broker_url.startswith("redis"):
@@ -50,7 +52,14 @@ def create_celery(settings: Settings) -> Celery:
         task_time_limit=settings.job_time_limit_seconds,
         task_soft_time_limit=max(1, settings.job_time_limit_seconds - 30),
         task_queues=[
-            Queue(name) for name in ("speech", "transcription", "maintenance", "webhooks")
+            Queue(name)
+            for name in (
+                "speech",
+                "transcription",
+                "audiobook",
+                "maintenance",
+                "webhooks",
+            )
         ],
         task_default_queue="speech",
         broker_transport_options=transport_options,

@@ -5,15 +5,17 @@ content is then 410). Failed and canceled jobs lose their uploads the same way."
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from sqlalchemy import select
 
 from speechq.domain import JobStatus
+from storage.audiobook_models import Audiobook, SegmentCacheEntry
 from storage.db import session_scope
 from storage.models import Job, utcnow
-from storage.objects import ObjectStore
+from storage.objects import ObjectStore, tenant_key
 
-__all__ = ["expire_results"]
+__all__ = ["expire_results", "expire_audiobooks"]
 
 log = logging.getLogger(__name__)
 BATCH = 200
@@ -48,3 +50,39 @@ def expire_results(database_url: str, store: ObjectStore, *, limit: int = BATCH)
     if expired:
         log.info("expired the results of %d jobs", expired)
     return expired
+
+
+def expire_audiobooks(
+    database_url: str, store: ObjectStore, *, ttl_hours: int, limit: int = BATCH
+) -> int:
+    """Ended audiobooks past their expiry lose their M4B and chapter files (content is
+    then 410); cached segment audio nobody used for the TTL is deleted with its entry."""
+    now = utcnow()
+    with session_scope(database_url) as session:
+        due = session.scalars(
+            select(Audiobook)
+            .where(
+                Audiobook.status.in_(
+                    [JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.canceled.value]
+                ),
+                Audiobook.expires_at.is_not(None),
+                Audiobook.expires_at < now,
+            )
+            .order_by(Audiobook.expires_at)
+            .limit(limit)
+        ).all()
+        for book in due:
+            store.delete_prefix(tenant_key(book.tenant, "audiobooks", book.id) + "/")
+            book.result = {**(book.result or {}), "expired": True}
+            book.expires_at = None
+        stale = session.scalars(
+            select(SegmentCacheEntry)
+            .where(SegmentCacheEntry.last_used_at < now - timedelta(hours=ttl_hours))
+            .limit(limit)
+        ).all()
+        for entry in stale:
+            store.delete(entry.object_key)
+            session.delete(entry)
+    if due or stale:
+        log.info("expired %d audiobooks and %d cached segments", len(due), len(stale))
+    return len(due)

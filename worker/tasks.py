@@ -16,10 +16,11 @@ from storage import queries
 from storage.counters import open_counters
 from storage.db import dispose_engines, get_engine, session_scope
 from storage.objects import open_object_store
+from worker.audiobook.tasks import sweep_audiobooks
 from worker.celery_app import celery_app, publish_job
 from worker.jobs import JobRunner
 from worker.providers import get_provider
-from worker.retention import expire_results
+from worker.retention import expire_audiobooks, expire_results
 from worker.webhooks import enqueue_job_event, publish_delivery, requeue_due_deliveries
 
 __all__ = ["run_speech_job", "run_transcription_job", "sweep", "get_runner"]
@@ -95,7 +96,13 @@ def sweep() -> dict[str, int]:
         requeued += 1
     cleaned = _clean_broker_rows(settings.resolved_broker_url)
     expired = expire_results(url, get_runner().store)
+    expire_audiobooks(url, get_runner().store, ttl_hours=settings.result_ttl_hours)
     webhooks_requeued = requeue_due_deliveries(url, grace_s=settings.requeue_after_seconds)
+    try:
+        audiobooks = sweep_audiobooks()
+    except Exception:
+        log.warning("audiobook sweep failed; the next sweep tries again", exc_info=True)
+        audiobooks = {}
     if requeued or reclaimed or cleaned:
         log.info(
             "sweep: requeued=%d reclaimed=%d broker_rows_deleted=%d",
@@ -110,6 +117,7 @@ def sweep() -> dict[str, int]:
         "results_expired": expired,
         "jobs_lost": len(lost),
         "webhooks_requeued": webhooks_requeued,
+        **audiobooks,
     }
 
 

@@ -181,6 +181,7 @@ def _config(fake: FakeOpenAI, scripted: ScriptedOpenAI) -> dict[str, Any]:
             faulty("fault-refused-tts", scripted.refused_url),
             faulty("fault-garbage-tts", scripted.api_base("garbage")),
             faulty("fault-down-tts", scripted.api_base("down")),
+            faulty("down-until-healed-tts", scripted.api_base("down-until-healed")),
         ],
         "end_user_budgets": {"capped-user": 0.0001},
         "guardrails": [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.integration.conftest import Stack
@@ -275,8 +277,17 @@ def test_every_route_hides_another_tenants_objects(stack: Stack) -> None:
     with stack.client(alice["key"]) as client:
         job = client.post("/v1/jobs/speech", json={"model": "tts-1", "input": secret_text}).json()
         stack.wait_for_job(client, job["id"])
+        book = client.post(
+            "/v1/audiobooks",
+            json={"title": "Alice's", "model": "tts-1", "text": secret_text},
+        ).json()
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/audiobooks/{book['id']}", params={"wait": 10}).json()[
+            "status"
+        ] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline
     schema = httpx.get(f"{stack.base_url}/openapi.json").json()
-    ids = {"job_id": job["id"], "key_id": alice["id"]}
+    ids = {"job_id": job["id"], "key_id": alice["id"], "book_id": book["id"], "index": 0}
     walked = 0
     with stack.client(bob["key"]) as client:
         for path, operations in schema["paths"].items():
@@ -297,7 +308,8 @@ def test_every_route_hides_another_tenants_objects(stack: Stack) -> None:
                     assert response.status_code == expected, (method, path, response.text)
                 else:
                     assert job["id"] not in response.text, (method, path)
-    assert walked >= 7
+                    assert book["id"] not in response.text, (method, path)
+    assert walked >= 14
 
 
 def test_per_model_character_limit_and_metadata_ranges(stack: Stack) -> None:

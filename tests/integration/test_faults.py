@@ -24,7 +24,8 @@ def test_sigkilled_worker_job_is_finished_by_another_and_billed_once(stack: Stac
             assert time.monotonic() < deadline, "the job never started"
             time.sleep(0.1)
         # Mid provider call: kill the whole worker (the Celery parent and its children).
-        stack.stop("worker", signal.SIGKILL)
+        for name in [n for n in stack.processes if n.startswith("worker")]:
+            stack.stop(name, signal.SIGKILL)
         stack.start(
             "worker-restarted", "worker", "--concurrency", "2", "--hostname", f"w2-{stack.kind}@%h"
         )

@@ -385,3 +385,63 @@ def test_public_webhook_url_is_accepted_at_submit(bare_api: Stack) -> None:
         )
     assert response.status_code == 202, response.text
     assert json.loads(response.text)["webhook_url"] == url
+
+
+def _wait_book(client: httpx.Client, book_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 90
+    while True:
+        book = client.get(f"/v1/audiobooks/{book_id}", params={"wait": 10}).json()
+        if book["status"] in ("succeeded", "failed", "canceled") or time.monotonic() > deadline:
+            return book
+
+
+def test_audiobook_webhooks_once_per_end_signed_with_the_key(
+    stack: Stack, receiver_factory: Any
+) -> None:
+    receiver = receiver_factory()
+    key = stack.make_key(name="book-hooks")
+    chapters = [{"title": "Only", "text": "A short book for a webhook."}]
+    with stack.client(key["key"]) as client:
+        book = client.post(
+            "/v1/audiobooks",
+            json={
+                "title": "Hooked",
+                "model": "local-tts",
+                "chapters": chapters,
+                "webhook_url": receiver.url,
+            },
+        ).json()
+        done = _wait_book(client, book["id"])
+        [first] = receiver.wait_for(1)
+        # A re-render ends the book again: one more event, with its own webhook-id.
+        rerender = client.post(
+            f"/v1/audiobooks/{book['id']}/chapters/0/rerender", json={"title": "Renamed"}
+        )
+        assert rerender.status_code == 200, rerender.text
+        again = _wait_book(client, book["id"])
+        received = receiver.wait_for(2)
+        # Cancel of another book: audiobook.canceled.
+        slow = client.post(
+            "/v1/audiobooks",
+            json={
+                "title": "Slow",
+                "model": "slow-tts",
+                "text": "Never finished.",
+                "webhook_url": receiver.url,
+            },
+        ).json()
+        assert client.post(f"/v1/audiobooks/{slow['id']}/cancel").status_code == 200
+        received = receiver.wait_for(3)
+    assert done["status"] == again["status"] == "succeeded"
+    events = [_verify(key["webhook_secret"], r) for r in received]
+    assert [e["type"] for e in events] == [
+        "audiobook.succeeded",
+        "audiobook.succeeded",
+        "audiobook.canceled",
+    ]
+    assert events[0]["data"]["id"] == book["id"] and events[0]["data"]["object"] == "audiobook"
+    assert events[0]["data"]["result"]["content_url"].endswith("/content")
+    assert events[1]["data"]["chapters"][0]["title"] == "Renamed"
+    assert events[2]["data"]["id"] == slow["id"]
+    assert len({r.headers["webhook-id"] for r in received}) == 3
+    assert first.headers["webhook-id"] == received[0].headers["webhook-id"]

@@ -1,0 +1,316 @@
+"""From a request to a planned, priced audiobook: read the body (JSON chapters, JSON text,
+or an uploaded .txt/.md/.epub), find the chapters, plan the segments, apply guardrails,
+quote it, and, on submit, store it and start its first segments."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from api.audiobook_schemas import (
+    MAX_BOOK_CHARACTERS,
+    AudiobookCreate,
+    AudiobookOptions,
+    AudiobookQuote,
+)
+from api.deps import Principal
+from api.errors import ApiError
+from api.limits import check_budgets, check_rate_limit
+from api.state import AppState
+from api.submission import apply_guardrails, check_model, check_webhook_url
+from api.upload_form import parse_limited_form
+from speechq.ids import new_id
+from speechq.pricing import cost_usd
+from speechq.registry import SPEECH
+from storage import audiobook_queries as books
+from storage.audiobook_models import Audiobook, AudiobookChapter
+from storage.models import utcnow
+from worker.audiobook.book import BookError, UnsupportedBook, read_book, split_chapters
+from worker.audiobook.dispatch import dispatch
+from worker.audiobook.plan import BookPlan, ChapterInput, plan_book
+from worker.audiobook.segments import segment_cache_key
+from worker.providers import get_provider
+
+__all__ = [
+    "BookRequest",
+    "MAX_BOOK_FILE_BYTES",
+    "read_json_request",
+    "read_form_request",
+    "read_request",
+    "prepare",
+    "quote_of",
+    "submit_book",
+    "segment_limit",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_BOOK_FILE_BYTES = 50 * 1024 * 1024
+_FORM_LISTS = ("include_chapters", "chapter_voices", "metadata")
+
+
+@dataclass(frozen=True)
+class BookRequest:
+    options: AudiobookOptions
+    title: str
+    chapters: tuple[ChapterInput, ...]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    request: BookRequest
+    chapters: tuple[ChapterInput, ...]  # after guardrails, voices resolved
+    model: str  # canonical
+    plan: BookPlan
+    estimated_cost_usd: float
+    estimated_audio_seconds: float
+
+
+# --- reading the request ------------------------------------------------------------------
+
+
+def _invalid(exc: ValidationError) -> ApiError:
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(p) for p in first.get("loc", ())) or None
+    what = first.get("msg", "invalid request")
+    message = f"Invalid value for '{param}': {what}" if param else f"Invalid request: {what}"
+    return ApiError(400, "invalid_request", message, param=param)
+
+
+def read_json_request(raw: object) -> BookRequest:
+    try:
+        body = AudiobookCreate.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    if body.chapters is not None:
+        chapters = tuple(ChapterInput(c.title, c.text, c.voice) for c in body.chapters)
+        return BookRequest(body, body.title or "Untitled", chapters)
+    assert body.text is not None
+    try:
+        found = split_chapters(body.text, title=body.title)
+    except BookError as exc:
+        raise ApiError(400, "invalid_request", str(exc), param="text") from None
+    chapters = tuple(ChapterInput(c.title, c.text) for c in found.chapters)
+    return BookRequest(body, body.title or found.title or "Untitled", chapters)
+
+
+async def read_form_request(request: Request) -> BookRequest:
+    form = await parse_limited_form(request, lambda _model: MAX_BOOK_FILE_BYTES)
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise ApiError(400, "invalid_request", "Upload the book as a 'file' field.", param="file")
+    fields: dict[str, object] = {}
+    for name, value in form.multi_items():
+        if name == "file" or not isinstance(value, str):
+            continue
+        if name in _FORM_LISTS:
+            try:
+                fields[name] = json.loads(value)
+            except ValueError:
+                raise ApiError(
+                    400, "invalid_request", f"'{name}' must be JSON in a form field.", param=name
+                ) from None
+        else:
+            fields[name] = value
+    try:
+        options = AudiobookOptions.model_validate(fields)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    data = await upload.read()
+    filename = upload.filename or ""
+    try:
+        found = await run_in_threadpool(read_book, data, filename)
+    except UnsupportedBook as exc:
+        raise ApiError(415, "unsupported_format", str(exc), param="file") from None
+    except BookError as exc:
+        raise ApiError(400, "invalid_request", str(exc), param="file") from None
+    chapters = tuple(ChapterInput(c.title, c.text) for c in found.chapters)
+    return BookRequest(options, options.title or found.title or "Untitled", chapters)
+
+
+async def read_request(request: Request) -> BookRequest:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        return await read_form_request(request)
+    try:
+        raw = await request.json()
+    except ValueError:
+        raise ApiError(
+            400,
+            "invalid_request",
+            "Send the book as JSON ({'title', 'model', 'chapters' or 'text'}) or as "
+            "multipart/form-data with a 'file'.",
+        ) from None
+    return read_json_request(raw)
+
+
+# --- planning and pricing -----------------------------------------------------------------
+
+
+def segment_limit(state: AppState, model: str) -> int | None:
+    """The smallest per-request limit among the deployments (and fallbacks) that may
+    serve a segment: every segment must fit any of them."""
+    names = [model, *state.registry.fallbacks_for(model)]
+    limits = [
+        limit
+        for name in names
+        if (canonical := state.registry.resolve(name))
+        for deployment in state.registry.deployments_for(canonical)
+        if (limit := get_provider(deployment).max_characters())
+    ]
+    return min(limits) if limits else None
+
+
+def prepare(state: AppState, principal: Principal, request: BookRequest) -> Prepared:
+    """Plan and price the book; raises 4xx for what a person can fix."""
+    options = request.options
+    model = check_model(state, options.model, SPEECH)
+    voices = options.chapter_voices or {}
+    for key in voices:
+        if not key.isdigit():
+            raise ApiError(
+                400,
+                "invalid_request",
+                f'\'chapter_voices\' keys are chapter indexes ("0", "1", …), not {key!r}.',
+                param="chapter_voices",
+            )
+    chapters = []
+    for index, chapter in enumerate(request.chapters):
+        text = apply_guardrails(state, principal, model, chapter.text, param=f"chapters.{index}")
+        title = chapter.title
+        if title and options.read_titles:
+            title = apply_guardrails(state, principal, model, title, param=f"chapters.{index}")
+        voice = chapter.voice or voices.get(str(index)) or options.voice
+        chapters.append(ChapterInput(title, text, voice))
+    try:
+        plan = plan_book(
+            chapters,
+            limit=segment_limit(state, model),
+            read_titles=options.read_titles,
+            paragraph_pause_ms=options.paragraph_pause_ms,
+            only=options.include_chapters,
+        )
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", str(exc), param="chapters") from None
+    if plan.characters > MAX_BOOK_CHARACTERS:
+        raise ApiError(
+            400,
+            "input_too_long",
+            f"The book has {plan.characters:,} characters to read; at most "
+            f"{MAX_BOOK_CHARACTERS:,} are accepted. Split it into volumes.",
+            param="chapters",
+        )
+    seconds = plan.estimated_audio_seconds(
+        speed=options.speed, chapter_pause_ms=options.chapter_pause_ms
+    )
+    # The dearest deployment of the model: a quote is a ceiling, not a guess.
+    cost = max(
+        (
+            cost_usd(d, characters=plan.characters, output_audio_seconds=seconds)
+            for d in state.registry.deployments_for(model)
+        ),
+        default=0.0,
+    )
+    return Prepared(request, tuple(chapters), model, plan, round(cost, 6), round(seconds, 1))
+
+
+def quote_of(prepared: Prepared) -> AudiobookQuote:
+    plan = prepared.plan
+    return AudiobookQuote(
+        chapters=len(plan.chapters),
+        segments=plan.segments,
+        characters=plan.characters,
+        estimated_cost_usd=prepared.estimated_cost_usd,
+        estimated_audio_seconds=prepared.estimated_audio_seconds,
+    )
+
+
+# --- submitting ---------------------------------------------------------------------------
+
+
+def submit_book(
+    state: AppState, session: Session, principal: Principal, prepared: Prepared
+) -> Audiobook:
+    """Check limits, store the book with its chapters and segments, start dispatching."""
+    options = prepared.request.options
+    if options.max_cost_usd is not None and prepared.estimated_cost_usd > options.max_cost_usd:
+        raise ApiError(
+            400,
+            "budget_exceeded",
+            f"The book is quoted at ${prepared.estimated_cost_usd:.4f}, above its "
+            f"max_cost_usd of ${options.max_cost_usd:g}.",
+            param="max_cost_usd",
+        )
+    check_rate_limit(state, principal)
+    check_webhook_url(state, options.webhook_url)
+    check_budgets(state, session, principal, options.user)
+    book = Audiobook(
+        id=new_id("book"),
+        status=books.QUEUED,
+        title=prepared.request.title,
+        model=prepared.model,
+        voice=options.voice,
+        response_format=options.response_format,
+        speed=options.speed,
+        options={
+            "read_titles": options.read_titles,
+            "paragraph_pause_ms": options.paragraph_pause_ms,
+            "chapter_pause_ms": options.chapter_pause_ms,
+        },
+        tenant=principal.tenant,
+        key_id=principal.key_id,
+        team=principal.team,
+        user=options.user,
+        metadata_=options.metadata,
+        webhook_url=options.webhook_url,
+        max_cost_usd=options.max_cost_usd,
+        estimated_cost_usd=prepared.estimated_cost_usd,
+        round=0,
+        assembly_runs=0,
+        created_at=utcnow(),
+    )
+    source = prepared.chapters
+    chapters = [
+        AudiobookChapter(
+            book_id=book.id,
+            index=chapter.index,
+            title=chapter.title,
+            voice=chapter.voice,
+            status=books.QUEUED,
+            text=source[chapter.index].text,
+            characters=chapter.characters,
+            version=0,
+            assembly_runs=0,
+        )
+        for chapter in prepared.plan.chapters
+    ]
+    segments = [
+        books.NewSegment(
+            chapter_index=chapter.index,
+            index=segment.index,
+            text=segment.text,
+            voice=chapter.voice,
+            is_title=segment.is_title,
+            pause_after_ms=segment.pause_after_ms,
+            cache_key=segment_cache_key(
+                model=prepared.model, voice=chapter.voice, speed=options.speed, text=segment.text
+            ),
+        )
+        for chapter in prepared.plan.chapters
+        for segment in chapter.segments
+    ]
+    books.create_book(session, book=book, chapters=chapters, segments=segments)
+    session.commit()
+    try:
+        dispatch(
+            state.database_url, state.registry, state.settings, model=book.model, app=state.celery
+        )
+    except Exception:
+        log.warning("could not dispatch %s now; the sweeper will", book.id, exc_info=True)
+    return book

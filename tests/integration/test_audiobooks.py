@@ -1,0 +1,324 @@
+"""Audiobooks end to end with real processes and the real local Piper voice: a book in,
+an M4B with chapter markers and per-chapter files out; cancel, retry, re-render, and a
+worker killed in the middle of a book."""
+
+from __future__ import annotations
+
+import io
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from storage.audiobook_models import AudiobookSegment
+from storage.models import UsageRecord
+from tests.fakes import ScriptedOpenAI
+from tests.integration.conftest import Stack
+from worker.audiobook.assemble import read_chapter_markers
+
+pytestmark = pytest.mark.integration
+
+THREE_CHAPTERS = [
+    {"title": "The Harbor", "text": "The boats came in at dawn.\n\nGulls followed them home."},
+    {"title": "The Market", "text": "Fish were sold by noon. The square was loud."},
+    {"title": "The Evening", "text": "Lamps were lit along the quay.\n\nThen it was quiet."},
+]
+
+
+def wait_for_book(client: httpx.Client, book_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        book = client.get(f"/v1/audiobooks/{book_id}", params={"wait": 10}).json()
+        if book["status"] in ("succeeded", "failed", "canceled"):
+            return book
+        if time.monotonic() > deadline:
+            raise AssertionError(f"audiobook {book_id} still {book['status']}: {book}")
+
+
+def billed(stack: Stack, book_id: str) -> int:
+    with stack.db_session() as session:
+        return int(
+            session.scalar(select(func.count()).where(UsageRecord.audiobook_id == book_id)) or 0
+        )
+
+
+def test_three_chapter_book_becomes_an_m4b_with_chapter_markers(
+    stack: Stack, tmp_path: Path
+) -> None:
+    with stack.client() as client:
+        created = client.post(
+            "/v1/audiobooks",
+            json={"title": "Harbor Days", "model": "local-tts", "chapters": THREE_CHAPTERS},
+        )
+        assert created.status_code == 202, created.text
+        book = wait_for_book(client, created.json()["id"])
+        assert book["status"] == "succeeded", book
+        progress = book["progress"]
+        assert progress["chapters_total"] == progress["chapters_done"] == 3
+        assert progress["segments_done"] == progress["segments_total"] == 3 + 5
+        assert progress["segments_failed"] == 0
+        assert [c["title"] for c in book["chapters"]] == [c["title"] for c in THREE_CHAPTERS]
+        assert book["result"]["content_type"] == "audio/mp4"
+        m4b = client.get(book["result"]["content_url"])
+        assert m4b.status_code == 200
+        assert m4b.headers["content-type"] == "audio/mp4"
+        path = tmp_path / "book.m4b"
+        path.write_bytes(m4b.content)
+        markers = read_chapter_markers(path)
+        assert [title for title, _, _ in markers] == [c["title"] for c in THREE_CHAPTERS]
+        starts = [start for _, start, _ in markers]
+        assert starts[0] == 0 and starts == sorted(starts) and len(set(starts)) == 3
+        with av.open(str(path)) as container:
+            assert container.streams.audio[0].codec_context.name == "aac"
+            assert container.metadata.get("title") == "Harbor Days"
+            total = float(container.duration or 0) / av.time_base
+        assert abs(total - book["result"]["duration_seconds"]) < 0.5
+        assert total > sum(c["duration_seconds"] for c in book["chapters"]) - 0.5
+        for chapter in book["chapters"]:
+            assert chapter["status"] == "succeeded"
+            audio = client.get(chapter["content_url"])
+            assert audio.status_code == 200 and audio.headers["content-type"] == "audio/mpeg"
+            with av.open(io.BytesIO(audio.content)) as container:
+                frames = list(container.decode(audio=0))
+            decoded = sum(f.samples for f in frames) / frames[0].sample_rate
+            assert abs(decoded - chapter["duration_seconds"]) < 0.2
+        # One usage row per synthesized segment, and the book's usage is their sum.
+        assert billed(stack, book["id"]) == 8
+        assert book["usage"]["characters"] == sum(
+            len(c["title"]) + len(c["text"].replace("\n\n", "")) for c in THREE_CHAPTERS
+        )
+
+
+def _epub_bytes() -> bytes:
+    from ebooklib import epub
+
+    book = epub.EpubBook()
+    book.set_identifier("speechq-test")
+    book.set_title("A Small Epub")
+    book.set_language("en")
+    items = []
+    for number, text in enumerate(["It began with rain.", "It ended with sun."], start=1):
+        item = epub.EpubHtml(title=f"Part {number}", file_name=f"c{number}.xhtml", lang="en")
+        item.content = f"<html><body><h1>Part {number}</h1><p>{text}</p></body></html>"
+        book.add_item(item)
+        items.append(item)
+    book.toc = items
+    book.add_item(epub.EpubNcx())
+    book.add_item(epub.EpubNav())
+    book.spine = ["nav", *items]
+    out = io.BytesIO()
+    epub.write_epub(out, book)
+    return out.getvalue()
+
+
+def test_an_uploaded_epub_is_read_in_spine_order(stack: Stack) -> None:
+    with stack.client() as client:
+        files = {"file": ("small.epub", _epub_bytes(), "application/epub+zip")}
+        quoted = client.post("/v1/audiobooks/quote", data={"model": "local-tts"}, files=files)
+        assert quoted.status_code == 200, quoted.text
+        assert quoted.json()["chapters"] == 2
+        created = client.post(
+            "/v1/audiobooks",
+            data={"model": "local-tts", "read_titles": "false", "response_format": "opus"},
+            files=files,
+        )
+        assert created.status_code == 202, created.text
+        book = wait_for_book(client, created.json()["id"])
+    assert book["status"] == "succeeded", book
+    assert book["title"] == "A Small Epub"
+    assert [c["title"] for c in book["chapters"]] == ["Part 1", "Part 2"]
+    assert book["progress"]["segments_total"] == 2  # titles not read
+
+
+def test_quote_and_refusals(stack: Stack) -> None:
+    text = "CHAPTER ONE\n\nIt was cold.\n\nCHAPTER TWO\n\nIt was warm.\n\n# Finale\n\nThe end."
+    with stack.client() as client:
+        quote = client.post(
+            "/v1/audiobooks/quote", json={"title": "T", "model": "openai-tts", "text": text}
+        )
+        assert quote.status_code == 200, quote.text
+        body = quote.json()
+        assert body["chapters"] == 3 and body["segments"] == 6
+        assert body["estimated_cost_usd"] > 0 and body["estimated_audio_seconds"] > 0
+        refused = client.post(
+            "/v1/audiobooks",
+            json={"title": "T", "model": "openai-tts", "text": text, "max_cost_usd": 0.0000001},
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "budget_exceeded"
+        assert client.get("/v1/audiobooks").json()["data"] == [] or all(
+            b["title"] != "T" for b in client.get("/v1/audiobooks").json()["data"]
+        )
+        pdf = client.post(
+            "/v1/audiobooks",
+            data={"model": "local-tts"},
+            files={"file": ("book.pdf", b"%PDF-1.4 not a book we read", "application/pdf")},
+        )
+        assert pdf.status_code == 415 and pdf.json()["error"]["code"] == "unsupported_format"
+        both = client.post(
+            "/v1/audiobooks", json={"model": "local-tts", "text": "x", "chapters": THREE_CHAPTERS}
+        )
+        assert both.status_code == 400 and both.json()["error"]["code"] == "invalid_request"
+        unknown = client.post("/v1/audiobooks", json={"model": "nope", "text": "Hello."})
+        assert unknown.status_code == 404
+
+
+def test_cancel_stops_a_book(stack: Stack) -> None:
+    chapters = [{"title": "", "text": f"Slow sentence number {n}."} for n in range(6)]
+    with stack.client() as client:
+        book = client.post(
+            "/v1/audiobooks",
+            json={"title": "Slow", "model": "slow-tts", "chapters": chapters, "read_titles": False},
+        ).json()
+        canceled = client.post(f"/v1/audiobooks/{book['id']}/cancel")
+        assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+        again = client.post(f"/v1/audiobooks/{book['id']}/cancel")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "job_finished"
+        content = client.get(f"/v1/audiobooks/{book['id']}/content")
+        assert content.status_code == 409
+    time.sleep(8)  # any segment already at the provider ends; nothing more starts
+    with stack.db_session() as session:
+        statuses = session.scalars(
+            select(AudiobookSegment.status).where(AudiobookSegment.book_id == book["id"])
+        ).all()
+    assert "succeeded" not in statuses or statuses.count("succeeded") <= 4
+    assert not {"queued", "running", "pending"} & set(statuses)
+
+
+def test_retry_runs_only_the_failed_segments(stack: Stack, scripted_openai: ScriptedOpenAI) -> None:
+    marker = f"{stack.kind}-{time.monotonic_ns()}"
+    chapters = [
+        {"title": "", "text": f"Fine words {marker}."},
+        {"title": "", "text": f"Unlucky words {marker}."},
+    ]
+    with stack.client() as client:
+        first = client.post(
+            "/v1/audiobooks",
+            json={
+                "title": "R",
+                "model": "down-until-healed-tts",
+                "chapters": chapters,
+                "read_titles": False,
+            },
+        ).json()
+        failed = wait_for_book(client, first["id"])
+        assert failed["status"] == "failed", failed
+        assert failed["error"]["code"] == "provider_error"
+        assert failed["progress"]["segments_failed"] == 2
+        assert billed(stack, first["id"]) == 0
+        calls_before = [scripted_openai.count("down-until-healed", c["text"]) for c in chapters]
+        assert all(calls_before)
+        for chapter in chapters:
+            scripted_openai.heal("down-until-healed", chapter["text"])
+        retried = client.post(f"/v1/audiobooks/{first['id']}/retry")
+        assert retried.status_code == 200, retried.text
+        done = wait_for_book(client, first["id"])
+        assert done["status"] == "succeeded", done
+        assert billed(stack, first["id"]) == 2
+        calls_after = [scripted_openai.count("down-until-healed", c["text"]) for c in chapters]
+        assert calls_after == [n + 1 for n in calls_before]  # one new call per failed segment
+        again = client.post(f"/v1/audiobooks/{first['id']}/retry")
+        assert again.status_code == 409
+
+
+def test_rerender_one_chapter_pays_only_for_what_changed(stack: Stack, tmp_path: Path) -> None:
+    marker = f"{stack.kind} {time.monotonic_ns()}"
+    chapters = [
+        {"title": "One", "text": f"First chapter text {marker}."},
+        {"title": "Two", "text": f"Second chapter text {marker}."},
+    ]
+    with stack.client() as client:
+        book = client.post(
+            "/v1/audiobooks", json={"title": "Re", "model": "local-tts", "chapters": chapters}
+        ).json()
+        done = wait_for_book(client, book["id"])
+        assert done["status"] == "succeeded", done
+        assert billed(stack, book["id"]) == 4
+        old_chapter = client.get(done["chapters"][1]["content_url"]).content
+        busy = client.post(f"/v1/audiobooks/{book['id']}/chapters/9/rerender", json={})
+        assert busy.status_code == 404
+        rerender = client.post(
+            f"/v1/audiobooks/{book['id']}/chapters/1/rerender",
+            json={"text": f"Second chapter, better told {marker}."},
+        )
+        assert rerender.status_code == 200, rerender.text
+        assert rerender.json()["status"] == "running"
+        again = wait_for_book(client, book["id"])
+        assert again["status"] == "succeeded", again
+        # The title segment came from the cache; only the new text was synthesized.
+        assert billed(stack, book["id"]) == 5
+        new_chapter = client.get(again["chapters"][1]["content_url"]).content
+        assert new_chapter != old_chapter
+        assert client.get(again["chapters"][0]["content_url"]).status_code == 200
+        path = tmp_path / "re.m4b"
+        path.write_bytes(client.get(again["result"]["content_url"]).content)
+        assert [t for t, _, _ in read_chapter_markers(path)] == ["One", "Two"]
+        # A re-render with only a new voice re-plans the stored text.
+        voiced = client.post(
+            f"/v1/audiobooks/{book['id']}/chapters/0/rerender", json={"voice": "alloy"}
+        )
+        assert voiced.status_code == 200, voiced.text
+        assert wait_for_book(client, book["id"])["status"] == "succeeded"
+
+
+def test_a_worker_killed_mid_book_finishes_it_without_billing_twice(stack: Stack) -> None:
+    chapters = [
+        {"title": "", "text": f"Survive the crash, part {n}, {stack.kind}."} for n in range(4)
+    ]
+    with stack.client() as client:
+        book = client.post(
+            "/v1/audiobooks",
+            json={"title": "K", "model": "slow-tts", "chapters": chapters, "read_titles": False},
+        ).json()
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/audiobooks/{book['id']}").json()["status"] != "running":
+            assert time.monotonic() < deadline, "the book never started"
+            time.sleep(0.1)
+        time.sleep(1)  # segments are at the (slow) provider
+        for name in [n for n in stack.processes if n.startswith("worker")]:
+            stack.stop(name, signal.SIGKILL)
+        stack.start(
+            "worker-after-book-kill",
+            "worker",
+            "--concurrency",
+            "2",
+            "--hostname",
+            f"wb-{stack.kind}@%h",
+        )
+        done = wait_for_book(client, book["id"], timeout_s=150)
+    assert done["status"] == "succeeded", done
+    with stack.db_session() as session:
+        runs = session.scalars(
+            select(AudiobookSegment.runs).where(AudiobookSegment.book_id == book["id"])
+        ).all()
+        keys = session.scalars(
+            select(UsageRecord.call_key).where(UsageRecord.audiobook_id == book["id"])
+        ).all()
+    assert max(runs) >= 2  # some segment was taken back from the killed worker
+    assert len(keys) == len(set(keys)) == 4
+
+
+def test_a_big_book_does_not_hold_up_a_single_job(stack: Stack) -> None:
+    chapters = [{"title": "", "text": f"Slow part {n}, {stack.kind}."} for n in range(8)]
+    with stack.client() as client:
+        book = client.post(
+            "/v1/audiobooks",
+            json={"title": "Big", "model": "slow-tts", "chapters": chapters, "read_titles": False},
+        ).json()
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/audiobooks/{book['id']}").json()["status"] != "running":
+            assert time.monotonic() < deadline, "the book never started"
+            time.sleep(0.1)
+        job = client.post("/v1/jobs/speech", json={"model": "local-tts", "input": "Me first."})
+        done = stack.wait_for_job(client, job.json()["id"], timeout_s=60)
+        meanwhile = client.get(f"/v1/audiobooks/{book['id']}").json()
+        client.post(f"/v1/audiobooks/{book['id']}/cancel")
+    assert done["status"] == "succeeded"
+    # The job did not wait for the book: most of the book was still to be made.
+    assert meanwhile["status"] == "running"
+    assert meanwhile["progress"]["segments_done"] <= 4

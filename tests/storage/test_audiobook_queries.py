@@ -1,0 +1,205 @@
+"""Audiobook state on SQLite and PostgreSQL: dispatch within capacity, per-deployment
+slots, claims fenced by run number, and the sweeper's reclaim."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from speechq.registry import parse_config
+from speechq.settings import Settings
+from storage import audiobook_queries as books
+from storage.audiobook_models import Audiobook, AudiobookChapter, AudiobookSegment
+from storage.db import get_sessionmaker
+from storage.migrate import upgrade
+from storage.models import UsageRecord, utcnow
+from tests.services import temporary_postgres_database
+from worker.audiobook.dispatch import AUDIOBOOK_QUEUE, capacity, dispatch
+
+CONFIG = {
+    "model_list": [
+        {
+            "model_name": "book-tts",
+            "litellm_params": {
+                "model": "openai/tts-1",
+                "api_key": "sk-a",
+                "audiobook_concurrency": 2,
+            },
+        },
+        {"model_name": "book-tts", "litellm_params": {"model": "openai/tts-1", "api_key": "sk-b"}},
+    ]
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/books.db"
+        upgrade(url)
+        yield url
+    else:
+        with temporary_postgres_database() as url:
+            upgrade(url)
+            yield url
+            get_sessionmaker(url).kw["bind"].dispose()
+
+
+def _book(session: Session, segments: int, book_id: str = "book_a") -> None:
+    book = Audiobook(
+        id=book_id,
+        status=books.QUEUED,
+        title="T",
+        model="book-tts",
+        response_format="mp3",
+        speed=1.0,
+        options={},
+        tenant="t1",
+        estimated_cost_usd=0.0,
+        round=0,
+        assembly_runs=0,
+        created_at=utcnow(),
+    )
+    chapter = AudiobookChapter(
+        book_id=book_id,
+        index=0,
+        title="",
+        text="",
+        status=books.QUEUED,
+        characters=0,
+        version=0,
+        assembly_runs=0,
+    )
+    books.create_book(
+        session,
+        book=book,
+        chapters=[chapter],
+        segments=[
+            books.NewSegment(0, n, f"text {n}", None, False, 0, f"key-{book_id}-{n}")
+            for n in range(segments)
+        ],
+    )
+    session.commit()
+
+
+def _statuses(session: Session) -> list[str]:
+    return list(session.scalars(select(AudiobookSegment.status).order_by(AudiobookSegment.id)))
+
+
+def _queued_messages(app: Celery) -> int:
+    with app.connection_for_write() as conn:
+        return int(conn.default_channel.queue_declare(AUDIOBOOK_QUEUE).message_count)
+
+
+def test_dispatch_publishes_only_the_free_capacity(database_url: str) -> None:
+    registry = parse_config(CONFIG)
+    settings = Settings(audiobook_concurrency=3)
+    # One deployment's own cap (2) plus the default for the other (3).
+    assert capacity(registry, "book-tts", settings) == 5
+    app = Celery("t", broker="memory://")
+    # The memory transport is one per process: count what this test adds.
+    before = _queued_messages(app)
+    with get_sessionmaker(database_url)() as session:
+        _book(session, 12)
+    assert dispatch(database_url, registry, settings, model="book-tts", app=app) == 5
+    assert dispatch(database_url, registry, settings, model="book-tts", app=app) == 0
+    assert _queued_messages(app) - before == 5
+    with get_sessionmaker(database_url)() as session:
+        assert _statuses(session) == ["queued"] * 5 + ["pending"] * 7
+        book = session.get(Audiobook, "book_a")
+        chapter = session.get(AudiobookChapter, ("book_a", 0))
+        assert book is not None and book.status == "running" and book.started_at is not None
+        assert chapter is not None and chapter.status == "running"
+        # Two segments end: exactly two more go.
+        first, second = session.scalars(
+            select(AudiobookSegment.id).order_by(AudiobookSegment.id).limit(2)
+        ).all()
+        for segment_id in (first, second):
+            claimed = books.claim_segment(session, segment_id=segment_id, lease_seconds=60)
+            assert claimed is not None
+            assert books.finish_segment(
+                session, segment_id=segment_id, run=claimed.runs, cached=True, usage=None
+            )
+        session.commit()
+    assert dispatch(database_url, registry, settings, model="book-tts", app=app) == 2
+    with get_sessionmaker(database_url)() as session:
+        assert _statuses(session).count("queued") == 5
+
+
+def test_slots_cap_each_deployment_and_free_with_the_segment(database_url: str) -> None:
+    with get_sessionmaker(database_url)() as session:
+        _book(session, 4)
+        session.execute(update(AudiobookSegment).values(status=books.QUEUED))
+        ids = list(session.scalars(select(AudiobookSegment.id).order_by(AudiobookSegment.id)))
+        runs = {}
+        for segment_id in ids:
+            claimed = books.claim_segment(session, segment_id=segment_id, lease_seconds=60)
+            assert claimed is not None
+            runs[segment_id] = claimed.runs
+        take = [
+            books.take_slot(session, segment_id=i, run=runs[i], deployment="dep-a", cap=2)
+            for i in ids
+        ]
+        assert take == [True, True, False, False]
+        # Another deployment's slots are its own.
+        assert books.take_slot(
+            session, segment_id=ids[2], run=runs[ids[2]], deployment="dep-b", cap=1
+        )
+        # A stale run cannot take a slot; a freed slot can be taken again.
+        assert not books.take_slot(session, segment_id=ids[3], run=99, deployment="dep-a", cap=5)
+        books.release_slot(session, segment_id=ids[0])
+        assert books.take_slot(
+            session, segment_id=ids[3], run=runs[ids[3]], deployment="dep-a", cap=2
+        )
+        session.commit()
+
+
+def test_a_taken_back_segment_cannot_finish_or_bill_and_gets_worker_lost(database_url: str) -> None:
+    with get_sessionmaker(database_url)() as session:
+        _book(session, 1)
+        session.execute(update(AudiobookSegment).values(status=books.QUEUED))
+        segment_id = session.scalar(select(AudiobookSegment.id))
+        assert segment_id is not None
+        first = books.claim_segment(session, segment_id=segment_id, lease_seconds=60)
+        assert first is not None
+        run_one = first.runs
+        # The first run's worker dies: its lease runs out and the sweeper takes it back.
+        session.execute(
+            update(AudiobookSegment).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        requeued, lost = books.reclaim_segments(session, max_runs=2)
+        assert (requeued, lost) == ([segment_id], [])
+        second = books.claim_segment(session, segment_id=segment_id, lease_seconds=60)
+        assert second is not None and second.runs == run_one + 1
+        usage = UsageRecord(
+            audiobook_id="book_a",
+            call_key=f"segment-{segment_id}",
+            tenant="t1",
+            provider="p",
+            deployment="d",
+            model="m",
+            provider_model="m",
+            characters=6,
+            cost_usd=0.01,
+        )
+        # The stalled first run wakes up: it can neither finish nor bill.
+        assert not books.finish_segment(
+            session, segment_id=segment_id, run=run_one, cached=False, usage=usage
+        )
+        assert not books.segment_still_running(session, segment_id=segment_id, run=run_one)
+        assert books.segment_still_running(session, segment_id=segment_id, run=second.runs)
+        # The second run dies too: after max_runs the segment fails with worker_lost.
+        session.execute(
+            update(AudiobookSegment).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        assert books.reclaim_segments(session, max_runs=2) == ([], [segment_id])
+        row = session.get(AudiobookSegment, segment_id, populate_existing=True)
+        assert row is not None and row.status == "failed"
+        assert row.error is not None and row.error["code"] == "worker_lost"
+        assert session.scalar(select(UsageRecord.id)) is None
+        session.commit()
