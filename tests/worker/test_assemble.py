@@ -261,21 +261,36 @@ def test_chapters_at_different_levels_render_to_the_target(tmp_path: Path) -> No
     assert abs(measured[0] - measured[1]) < 0.5
 
 
-def test_gain_is_capped_by_the_peak_ceiling(tmp_path: Path) -> None:
+def test_peaks_are_limited_below_the_ceiling_without_losing_loudness(tmp_path: Path) -> None:
     rate = SAMPLE_RATE
-    tone = _sine(1.5, rate, freq=440.0, amplitude=32768 * 10 ** (-30 / 20))
-    for at in (0.5, 1.0):  # short bursts that peak near full scale
+    tone = _sine(1.5, rate, freq=440.0, amplitude=32768 * 10 ** (-24 / 20))
+    for at in (0.5, 1.0):  # clicks that peak near full scale, too short to count as loud
         start = round(at * rate)
-        tone[start : start + 48] += _sine(0.002, rate, freq=3000.0, amplitude=30000)
+        tone[start : start + 4] += _sine(4 / rate, rate, freq=3000.0, amplitude=30000)
     path = _write_flac(tmp_path / "peaky.flac", np.round(tone).astype(np.int16), rate)
     master = assemble_chapter([SegmentAudio(path, 0)], tmp_path / "peaky-master.flac")
     assert master.peak_dbfs > -1.0
     gain = normalization_gain_db(master)
-    assert gain < TARGET_LUFS - _master_lufs(master)
-    assert gain == pytest.approx(PEAK_CEILING_DBFS - master.peak_dbfs)
+    assert gain == pytest.approx(TARGET_LUFS - _master_lufs(master))  # the full gain
+    assert gain > 3  # enough to push the clicks far over the ceiling
     rendered = render_chapter(master, gain, "flac", tmp_path / "peaky.out.flac")
-    samples, _ = _decode(rendered.path)
+    samples, out_rate = _decode(rendered.path)
     assert 20 * math.log10(np.abs(samples).max()) <= PEAK_CEILING_DBFS + 0.01
+    # The bursts were bent, not the chapter turned down: it is as loud as the others.
+    assert abs(_lufs(samples, out_rate) - TARGET_LUFS) < 0.5
+
+
+def test_the_limiter_is_transparent_below_its_knee() -> None:
+    from worker.audiobook.assemble import LIMIT_THRESHOLD_DBFS, _apply_gain
+
+    quiet = np.linspace(-1, 1, 1001, dtype=np.float32) * np.float32(
+        10 ** ((LIMIT_THRESHOLD_DBFS - 0.1) / 20)
+    )
+    assert np.array_equal(_apply_gain(quiet, 0.0), quiet)
+    loud = np.linspace(-4, 4, 1001, dtype=np.float32)
+    limited = _apply_gain(loud, 0.0)
+    assert np.all(np.abs(limited) <= np.float32(10 ** (PEAK_CEILING_DBFS / 20)))
+    assert np.all(np.diff(limited) >= 0)  # monotonic: no folding, no clicks
 
 
 # --- rendering ---------------------------------------------------------------------------

@@ -53,7 +53,9 @@ __all__ = [
 
 SAMPLE_RATE = 24000  # the book's working rate
 TARGET_LUFS = -18.0  # integrated loudness every chapter is normalized to
-PEAK_CEILING_DBFS = -1.0  # gain never pushes the chapter's sample peak above this
+PEAK_CEILING_DBFS = -1.0  # the limiter keeps every sample below this
+LIMIT_THRESHOLD_DBFS = -4.0  # where the limiter's soft knee begins
+MAX_GAIN_DB = 30.0  # the most a chapter is raised
 
 _FULL_SCALE = 32768.0  # s16 full scale: sample / _FULL_SCALE is in [-1, 1)
 _MAX_FLOAT = 32767.0 / _FULL_SCALE  # the largest float that still fits s16 after scaling
@@ -243,17 +245,14 @@ def assemble_chapter(
     )
 
 
-def normalization_gain_db(
-    master: ChapterMaster,
-    *,
-    target_lufs: float = TARGET_LUFS,
-    ceiling_dbfs: float = PEAK_CEILING_DBFS,
-) -> float:
-    """The gain that brings `master` to `target_lufs`, lowered if it would push the sample
-    peak above `ceiling_dbfs`; 0.0 for a silent chapter."""
+def normalization_gain_db(master: ChapterMaster, *, target_lufs: float = TARGET_LUFS) -> float:
+    """The gain that brings `master` to `target_lufs` (at most MAX_GAIN_DB, so a chapter of
+    near silence is not blown up into noise); 0.0 for a silent chapter. Peaks the gain
+    pushes too high are rounded off by the limiter in `_apply_gain`, not by less gain:
+    capping the gain would leave peaky chapters quieter than the rest."""
     if master.loudness_lufs is None or not math.isfinite(master.peak_dbfs):
         return 0.0
-    return min(target_lufs - master.loudness_lufs, ceiling_dbfs - master.peak_dbfs)
+    return min(target_lufs - master.loudness_lufs, MAX_GAIN_DB)
 
 
 def render_chapter(
@@ -450,8 +449,19 @@ def _read_mono(path: Path, rate: int) -> Iterator[np.ndarray]:
 
 
 def _apply_gain(block: np.ndarray, gain_db: float) -> np.ndarray:
-    # Clip rather than let the encoder's s16 conversion (or the decoder) wrap around.
+    """Gain, then a soft limiter: below LIMIT_THRESHOLD_DBFS samples pass unchanged; above
+    it they bend smoothly (tanh, slope 1 at the knee) towards PEAK_CEILING_DBFS, which they
+    never reach. Sample by sample, so it streams; speech peaks are short, so the loudness
+    barely moves."""
     gained = block * np.float32(10 ** (gain_db / 20)) if gain_db else block
+    knee = np.float32(10 ** (LIMIT_THRESHOLD_DBFS / 20))
+    room = np.float32(10 ** (PEAK_CEILING_DBFS / 20)) - knee
+    magnitude = np.abs(gained)
+    over = magnitude > knee
+    if over.any():
+        gained = gained.copy()
+        bent = knee + room * np.tanh((magnitude[over] - knee) / room)
+        gained[over] = np.sign(gained[over]) * bent
     return np.clip(gained, -1.0, _MAX_FLOAT).astype(np.float32, copy=False)
 
 
