@@ -653,23 +653,29 @@ def cancel_book(session: Session, *, book_id: str, expires_at: datetime) -> bool
     return True
 
 
+def _reopen(session: Session, *, book_id: str, ended: tuple[str, ...]) -> bool:
+    """An ended book runs again, in a new round (its own assembly and webhook). Its result
+    stays until the new round replaces it (the old M4B is deleted then)."""
+    return bool(
+        session.execute(
+            update(Audiobook)
+            .where(Audiobook.id == book_id, Audiobook.status.in_(ended))
+            .values(
+                status=RUNNING,
+                round=Audiobook.round + 1,
+                error=None,
+                finished_at=None,
+                expires_at=None,
+                lease_expires_at=None,
+            )
+        ).rowcount
+    )
+
+
 def retry_book(session: Session, *, book_id: str) -> bool:
     """failed -> running: failed segments (and chapters, and those a cancel stopped) go
     back to pending; everything that succeeded is kept."""
-    reopened = session.execute(
-        update(Audiobook)
-        .where(Audiobook.id == book_id, Audiobook.status.in_((FAILED, CANCELED)))
-        .values(
-            status=RUNNING,
-            round=Audiobook.round + 1,
-            error=None,
-            result=None,
-            finished_at=None,
-            expires_at=None,
-            lease_expires_at=None,
-        )
-    ).rowcount
-    if not reopened:
+    if not _reopen(session, book_id=book_id, ended=(FAILED, CANCELED)):
         return False
     session.execute(
         update(AudiobookSegment)
@@ -706,19 +712,7 @@ def rerender_chapter(
     chapter = session.get(AudiobookChapter, (book.id, index), populate_existing=True)
     if chapter is None:
         return False
-    reopened = session.execute(
-        update(Audiobook)
-        .where(Audiobook.id == book.id, Audiobook.status.in_((SUCCEEDED, FAILED)))
-        .values(
-            status=RUNNING,
-            round=Audiobook.round + 1,
-            error=None,
-            finished_at=None,
-            expires_at=None,
-            lease_expires_at=None,
-        )
-    ).rowcount
-    if not reopened:
+    if not _reopen(session, book_id=book.id, ended=(SUCCEEDED, FAILED)):
         return False
     new_version = chapter.version + 1
     if segments is None:

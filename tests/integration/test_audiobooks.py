@@ -5,6 +5,7 @@ worker killed in the middle of a book."""
 from __future__ import annotations
 
 import io
+import json
 import signal
 import time
 from pathlib import Path
@@ -17,9 +18,9 @@ from sqlalchemy import func, select
 
 from storage.audiobook_models import AudiobookSegment
 from storage.models import UsageRecord
-from tests.fakes import ScriptedOpenAI
+from tests.fakes import FakeOpenAI, ScriptedOpenAI
 from tests.integration.conftest import Stack
-from worker.audiobook.assemble import read_chapter_markers
+from worker.audiobook.assemble import TARGET_LUFS, LoudnessMeter, read_chapter_markers
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +74,10 @@ def test_three_chapter_book_becomes_an_m4b_with_chapter_markers(
         assert [title for title, _, _ in markers] == [c["title"] for c in THREE_CHAPTERS]
         starts = [start for _, start, _ in markers]
         assert starts[0] == 0 and starts == sorted(starts) and len(set(starts)) == 3
+        # Each chapter lasts its own audio plus the default 2 s pause between chapters.
+        for number in range(2):
+            gap = starts[number + 1] - starts[number]
+            assert abs(gap - (book["chapters"][number]["duration_seconds"] + 2.0)) < 0.1
         with av.open(str(path)) as container:
             assert container.streams.audio[0].codec_context.name == "aac"
             assert container.metadata.get("title") == "Harbor Days"
@@ -87,6 +92,12 @@ def test_three_chapter_book_becomes_an_m4b_with_chapter_markers(
                 frames = list(container.decode(audio=0))
             decoded = sum(f.samples for f in frames) / frames[0].sample_rate
             assert abs(decoded - chapter["duration_seconds"]) < 0.2
+            # Every chapter normalized to the same loudness.
+            meter = LoudnessMeter(frames[0].sample_rate)
+            for frame in frames:
+                meter.add(frame.to_ndarray().mean(axis=0).astype("float64"))
+            loudness = meter.integrated_lufs()
+            assert loudness is not None and abs(loudness - TARGET_LUFS) < 1.0
         # One usage row per synthesized segment, and the book's usage is their sum.
         assert billed(stack, book["id"]) == 8
         assert book["usage"]["characters"] == sum(
@@ -322,3 +333,56 @@ def test_a_big_book_does_not_hold_up_a_single_job(stack: Stack) -> None:
     # The job did not wait for the book: most of the book was still to be made.
     assert meanwhile["status"] == "running"
     assert meanwhile["progress"]["segments_done"] <= 4
+
+
+def test_chosen_chapters_voices_and_a_markdown_upload(
+    stack: Stack, fake_openai: FakeOpenAI
+) -> None:
+    marker = f"{stack.kind}-{time.monotonic_ns()}"
+    chapters = [
+        {"title": "", "text": f"Zero {marker}."},
+        {"title": "", "text": f"One {marker}."},
+        {"title": "", "text": f"Two {marker}.", "voice": "echo"},
+    ]
+    with stack.client() as client:
+        quote = client.post(
+            "/v1/audiobooks/quote",
+            json={"model": "openai-tts", "chapters": chapters, "include_chapters": [0, 2]},
+        ).json()
+        assert quote["chapters"] == 2 and quote["segments"] == 2
+        bad = client.post(
+            "/v1/audiobooks/quote",
+            json={"model": "openai-tts", "chapters": chapters, "include_chapters": [7]},
+        )
+        assert bad.status_code == 400 and "7" in bad.json()["error"]["message"]
+        book = client.post(
+            "/v1/audiobooks",
+            json={
+                "title": "Voices",
+                "model": "openai-tts",
+                "voice": "alloy",
+                "chapters": chapters,
+                "chapter_voices": {"1": "nova"},
+                "read_titles": False,
+            },
+        ).json()
+        done = wait_for_book(client, book["id"])
+        assert done["status"] == "succeeded", done
+        assert [c["voice"] for c in done["chapters"]] == ["alloy", "nova", "echo"]
+        markdown = (
+            b"# Sea Book\n\nA title page.\n\n## Waves\n\nThey rise.\n\n## Tides\n\nThey turn."
+        )
+        quoted = client.post(
+            "/v1/audiobooks/quote",
+            data={"model": "local-tts"},
+            files={"file": ("sea.md", markdown, "text/markdown")},
+        )
+        assert quoted.status_code == 200, quoted.text
+        assert quoted.json()["chapters"] == 2
+    # The provider was asked for each chapter's own voice, in lossless pcm.
+    sent = {}
+    for request in fake_openai.requests:
+        body = json.loads(request.body)
+        if marker in body.get("input", ""):
+            sent[body["input"].split()[0]] = (body["voice"], body["response_format"])
+    assert sent == {"Zero": ("alloy", "pcm"), "One": ("nova", "pcm"), "Two": ("echo", "pcm")}
