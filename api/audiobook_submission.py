@@ -4,13 +4,16 @@ quote it, and, on submit, store it and start its first segments."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.audiobook_schemas import (
@@ -21,6 +24,7 @@ from api.audiobook_schemas import (
 )
 from api.deps import Principal
 from api.errors import ApiError
+from api.idempotency import Idempotency, find_previous
 from api.limits import check_budgets, check_rate_limit
 from api.state import AppState
 from api.submission import apply_guardrails, check_model, check_webhook_url
@@ -60,6 +64,9 @@ class BookRequest:
     options: AudiobookOptions
     title: str
     chapters: tuple[ChapterInput, ...]
+    # What the request asked for, for Idempotency-Key: the JSON body, or the form's
+    # fields with the file's name and sha256.
+    fingerprint: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,10 @@ def _invalid(exc: ValidationError) -> ApiError:
     return ApiError(400, "invalid_request", message, param=param)
 
 
+def _fingerprint(raw: object) -> dict[str, Any]:
+    return raw if isinstance(raw, dict) else {"body": raw}
+
+
 def read_json_request(raw: object) -> BookRequest:
     try:
         body = AudiobookCreate.model_validate(raw)
@@ -90,14 +101,14 @@ def read_json_request(raw: object) -> BookRequest:
         raise _invalid(exc) from None
     if body.chapters is not None:
         chapters = tuple(ChapterInput(c.title, c.text, c.voice) for c in body.chapters)
-        return BookRequest(body, body.title or "Untitled", chapters)
+        return BookRequest(body, body.title or "Untitled", chapters, _fingerprint(raw))
     assert body.text is not None
     try:
         found = split_chapters(body.text, title=body.title)
     except BookError as exc:
         raise ApiError(400, "invalid_request", str(exc), param="text") from None
     chapters = tuple(ChapterInput(c.title, c.text) for c in found.chapters)
-    return BookRequest(body, body.title or found.title or "Untitled", chapters)
+    return BookRequest(body, body.title or found.title or "Untitled", chapters, _fingerprint(raw))
 
 
 async def read_form_request(request: Request) -> BookRequest:
@@ -131,7 +142,8 @@ async def read_form_request(request: Request) -> BookRequest:
     except BookError as exc:
         raise ApiError(400, "invalid_request", str(exc), param="file") from None
     chapters = tuple(ChapterInput(c.title, c.text) for c in found.chapters)
-    return BookRequest(options, options.title or found.title or "Untitled", chapters)
+    fingerprint = {**fields, "file": [filename, hashlib.sha256(data).hexdigest()]}
+    return BookRequest(options, options.title or found.title or "Untitled", chapters, fingerprint)
 
 
 async def read_request(request: Request) -> BookRequest:
@@ -235,9 +247,14 @@ def quote_of(prepared: Prepared) -> AudiobookQuote:
 
 
 def submit_book(
-    state: AppState, session: Session, principal: Principal, prepared: Prepared
-) -> Audiobook:
-    """Check limits, store the book with its chapters and segments, start dispatching."""
+    state: AppState,
+    session: Session,
+    principal: Principal,
+    prepared: Prepared,
+    idempotency: Idempotency | None = None,
+) -> tuple[Audiobook, bool]:
+    """Check limits, store the book with its chapters and segments, start dispatching.
+    Returns the book and whether it is new (False: an Idempotency-Key replay)."""
     options = prepared.request.options
     if options.max_cost_usd is not None and prepared.estimated_cost_usd > options.max_cost_usd:
         raise ApiError(
@@ -270,6 +287,8 @@ def submit_book(
         metadata_=options.metadata,
         webhook_url=options.webhook_url,
         max_cost_usd=options.max_cost_usd,
+        idempotency_key=idempotency.key if idempotency else None,
+        request_hash=idempotency.request_hash if idempotency else None,
         estimated_cost_usd=prepared.estimated_cost_usd,
         round=0,
         assembly_runs=0,
@@ -305,12 +324,22 @@ def submit_book(
         for chapter in prepared.plan.chapters
         for segment in chapter.segments
     ]
-    books.create_book(session, book=book, chapters=chapters, segments=segments)
-    session.commit()
+    try:
+        books.create_book(session, book=book, chapters=chapters, segments=segments)
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert.
+        session.rollback()
+        previous = (
+            find_previous(session, principal, idempotency, Audiobook) if idempotency else None
+        )
+        if previous is None:
+            raise
+        return previous, False
     try:
         dispatch(
             state.database_url, state.registry, state.settings, model=book.model, app=state.celery
         )
     except Exception:
         log.warning("could not dispatch %s now; the sweeper will", book.id, exc_info=True)
-    return book
+    return book, True

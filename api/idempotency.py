@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from sqlalchemy import select, update
@@ -16,11 +16,13 @@ from sqlalchemy.orm import Session
 
 from api.deps import Principal
 from api.errors import ApiError
+from storage.audiobook_models import Audiobook
 from storage.models import Job, utcnow
 
 __all__ = ["WINDOW", "Idempotency", "idempotency_of", "find_previous"]
 
 WINDOW = timedelta(hours=24)
+Made = TypeVar("Made", Job, Audiobook)
 MAX_KEY_LENGTH = 255
 
 
@@ -49,11 +51,13 @@ def idempotency_of(request: Request, body: dict[str, Any]) -> Idempotency | None
     return Idempotency(key, hashlib.sha256(canonical.encode()).hexdigest())
 
 
-def find_previous(session: Session, principal: Principal, idem: Idempotency) -> Job | None:
-    """The job this key made within the window (same body), None if there is none; 409 if
-    the key was used for another body."""
+def find_previous(
+    session: Session, principal: Principal, idem: Idempotency, kind: type[Made] = Job
+) -> Made | None:
+    """The job (or audiobook: `kind`) this key made within the window (same body), None
+    if there is none; 409 if the key was used for another body."""
     job = session.scalar(
-        select(Job).where(Job.tenant == principal.tenant, Job.idempotency_key == idem.key)
+        select(kind).where(kind.tenant == principal.tenant, kind.idempotency_key == idem.key)
     )
     if job is None:
         return None
@@ -62,7 +66,7 @@ def find_previous(session: Session, principal: Principal, idem: Idempotency) -> 
         created = created.replace(tzinfo=UTC)
     if utcnow() - created > WINDOW:
         # Past the window the key is free again: release it from the old job.
-        session.execute(update(Job).where(Job.id == job.id).values(idempotency_key=None))
+        session.execute(update(kind).where(kind.id == job.id).values(idempotency_key=None))
         session.commit()
         return None
     if job.request_hash != idem.request_hash:
@@ -70,7 +74,7 @@ def find_previous(session: Session, principal: Principal, idem: Idempotency) -> 
             409,
             "idempotency_conflict",
             "This Idempotency-Key was used within 24 hours for a different request "
-            f"(job '{job.id}'). Use a new key for a new request.",
+            f"('{job.id}'). Use a new key for a new request.",
             param="Idempotency-Key",
         )
     return job

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -35,7 +36,10 @@ __all__ = [
 
 class Audiobook(Base):
     __tablename__ = "audiobooks"
-    __table_args__ = (Index("ix_audiobooks_tenant_id", "tenant", "id"),)
+    __table_args__ = (
+        Index("ix_audiobooks_tenant_id", "tenant", "id"),
+        UniqueConstraint("tenant", "idempotency_key", name="uq_audiobooks_tenant_idempotency_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     status: Mapped[str] = mapped_column(String(20), index=True)
@@ -53,6 +57,8 @@ class Audiobook(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
     webhook_url: Mapped[str | None] = mapped_column(Text)
     max_cost_usd: Mapped[float | None] = mapped_column(Float)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     estimated_cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     # Bumped by retry and re-render: the book ends once per round, with one webhook each.
     round: Mapped[int] = mapped_column(Integer, default=0)

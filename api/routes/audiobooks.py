@@ -30,6 +30,7 @@ from api.audiobook_submission import (
 )
 from api.deps import CurrentKey, Principal, SessionDep, StateDep
 from api.errors import ApiError
+from api.idempotency import Idempotency, find_previous, idempotency_of
 from api.job_access import audio_response
 from api.state import AppState
 from speechq.domain import AUDIO_CONTENT_TYPES, TERMINAL_STATUSES, JobStatus
@@ -80,20 +81,39 @@ async def quote_audiobook(
     return quote_of(prepared)
 
 
-@router.post("", status_code=202, response_model=AudiobookPublic, openapi_extra=_BOOK_BODY)
+_REPLAY = {
+    200: {"model": AudiobookPublic, "description": "An Idempotency-Key replay: the first book"}
+}
+
+
+@router.post(
+    "", status_code=202, response_model=AudiobookPublic, responses=_REPLAY, openapi_extra=_BOOK_BODY
+)
 async def create_audiobook(
     request: Request, state: StateDep, principal: CurrentKey
 ) -> JSONResponse:
+    """Accepts `Idempotency-Key` like the job routes: the same key and request within 24 h
+    return the first book (200)."""
     book_request = await read_request(request)
-    book = await run_in_threadpool(_create, state, principal, book_request)
-    return JSONResponse(book.model_dump(mode="json"), status_code=202)
+    idempotency = idempotency_of(request, book_request.fingerprint)
+    book, created = await run_in_threadpool(_create, state, principal, book_request, idempotency)
+    return JSONResponse(book.model_dump(mode="json"), status_code=202 if created else 200)
 
 
-def _create(state: AppState, principal: Principal, book_request: BookRequest) -> AudiobookPublic:
-    prepared = prepare(state, principal, book_request)
+def _create(
+    state: AppState,
+    principal: Principal,
+    book_request: BookRequest,
+    idempotency: Idempotency | None,
+) -> tuple[AudiobookPublic, bool]:
     with get_sessionmaker(state.database_url)() as session:
-        book = submit_book(state, session, principal, prepared)
-        return audiobook_public(session, _load(session, principal, book.id))
+        if idempotency is not None and (
+            previous := find_previous(session, principal, idempotency, Audiobook)
+        ):
+            return audiobook_public(session, previous), False
+        prepared = prepare(state, principal, book_request)
+        book, created = submit_book(state, session, principal, prepared, idempotency)
+        return audiobook_public(session, _load(session, principal, book.id)), created
 
 
 @router.get("", response_model=AudiobooksPublic)

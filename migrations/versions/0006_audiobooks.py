@@ -56,6 +56,8 @@ def upgrade() -> None:
         sa.Column("metadata", sa.JSON(), nullable=True),
         sa.Column("webhook_url", sa.Text(), nullable=True),
         sa.Column("max_cost_usd", sa.Float(), nullable=True),
+        sa.Column("idempotency_key", sa.String(length=255), nullable=True),
+        sa.Column("request_hash", sa.String(length=64), nullable=True),
         sa.Column("estimated_cost_usd", sa.Float(), nullable=False),
         sa.Column("round", sa.Integer(), nullable=False),
         sa.Column("result", sa.JSON(), nullable=True),
@@ -67,6 +69,9 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint(
+            "tenant", "idempotency_key", name="uq_audiobooks_tenant_idempotency_key"
+        ),
     )
     with op.batch_alter_table("audiobooks", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_audiobooks_status"), ["status"], unique=False)

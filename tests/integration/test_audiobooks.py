@@ -386,3 +386,34 @@ def test_chosen_chapters_voices_and_a_markdown_upload(
         if marker in body.get("input", ""):
             sent[body["input"].split()[0]] = (body["voice"], body["response_format"])
     assert sent == {"Zero": ("alloy", "pcm"), "One": ("nova", "pcm"), "Two": ("echo", "pcm")}
+
+
+def test_idempotency_key_returns_the_first_book(stack: Stack) -> None:
+    key = f"book-{stack.kind}-{time.monotonic_ns()}"
+    body = {"title": "Once", "model": "local-tts", "text": "Only one book, please."}
+    files = {"file": ("once.txt", b"Only one uploaded book, please.", "text/plain")}
+    with stack.client() as client:
+        first = client.post("/v1/audiobooks", json=body, headers={"Idempotency-Key": key})
+        again = client.post("/v1/audiobooks", json=body, headers={"Idempotency-Key": key})
+        other = client.post(
+            "/v1/audiobooks", json={**body, "title": "Twice"}, headers={"Idempotency-Key": key}
+        )
+        upload_key = {"Idempotency-Key": key + "-file"}
+        uploaded = client.post(
+            "/v1/audiobooks", data={"model": "local-tts"}, files=files, headers=upload_key
+        )
+        reuploaded = client.post(
+            "/v1/audiobooks", data={"model": "local-tts"}, files=files, headers=upload_key
+        )
+        changed = client.post(
+            "/v1/audiobooks",
+            data={"model": "local-tts"},
+            files={"file": ("once.txt", b"Another text.", "text/plain")},
+            headers=upload_key,
+        )
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
+    assert uploaded.status_code == 202 and reuploaded.status_code == 200
+    assert reuploaded.json()["id"] == uploaded.json()["id"]
+    assert changed.status_code == 409
