@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 from celery.signals import worker_process_init
@@ -19,6 +18,7 @@ from storage.objects import open_object_store
 from worker.audiobook.tasks import sweep_audiobooks
 from worker.celery_app import celery_app, publish_job
 from worker.jobs import JobRunner
+from worker.once import once
 from worker.providers import get_provider
 from worker.retention import expire_audiobooks, expire_results
 from worker.webhooks import enqueue_job_event, publish_delivery, requeue_due_deliveries
@@ -45,7 +45,7 @@ def _after_fork(**_: Any) -> None:
                 log.warning("could not warm up %s", deployment.id, exc_info=True)
 
 
-@lru_cache
+@once
 def get_runner() -> JobRunner:
     settings = get_settings()
     store = open_object_store(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 
 from storage import audiobook_queries as books
 from storage.db import session_scope
 from worker.celery_app import celery_app
+from worker.once import once
 
 from .assembly import BookAssembler
 from .dispatch import BOOK_TASK, CHAPTER_TASK, SEGMENT_TASK, dispatch, publish_segments
@@ -24,7 +24,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@lru_cache
+@once
 def _segments() -> SegmentRunner:
     from worker.tasks import get_runner  # the job runner's store, registry and counters
 
@@ -32,7 +32,7 @@ def _segments() -> SegmentRunner:
     return SegmentRunner(runner.settings, runner.registry, runner.store, runner.counters)
 
 
-@lru_cache
+@once
 def _assembler() -> BookAssembler:
     from worker.tasks import get_runner
 
