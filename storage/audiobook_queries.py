@@ -464,9 +464,18 @@ def remember_segment(
 # --- chapters -----------------------------------------------------------------------------
 
 
-def start_chapter_assembly(session: Session, *, book_id: str, index: int, version: int) -> bool:
-    """running -> assembling once every segment of this version succeeded."""
-    counts = chapter_progress(session, book_id=book_id, index=index, version=version)
+def start_chapter_assembly(
+    session: Session,
+    *,
+    book_id: str,
+    index: int,
+    version: int,
+    counts: dict[str, int] | None = None,
+) -> bool:
+    """running -> assembling once every segment of this version succeeded (`counts`: the
+    chapter's segment counts, if the caller has just read them)."""
+    if counts is None:
+        counts = chapter_progress(session, book_id=book_id, index=index, version=version)
     if not counts or set(counts) != {SUCCEEDED}:
         return False
     return bool(

@@ -53,7 +53,7 @@ def advance(
                 )
                 unfinished = sum(counts.get(s, 0) for s in (books.PENDING, *books.IN_FLIGHT))
                 if books.start_chapter_assembly(
-                    session, book_id=book_id, index=row.index, version=row.version
+                    session, book_id=book_id, index=row.index, version=row.version, counts=counts
                 ):
                     row.status = books.ASSEMBLING
                     chapters_to_publish.append((row.index, row.version))
