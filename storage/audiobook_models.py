@@ -95,7 +95,9 @@ class AudiobookChapter(Base):
     duration_seconds: Mapped[float | None] = mapped_column(Float)
     loudness_lufs: Mapped[float | None] = mapped_column(Float)
     gain_db: Mapped[float | None] = mapped_column(Float)
-    master_key: Mapped[str | None] = mapped_column(Text)
+    # The chapter in the book: AAC at the book's settings with the pause after it, so the
+    # M4B is a remux of the parts (worker/audiobook/assemble.py, render_book_part).
+    part_key: Mapped[str | None] = mapped_column(Text)
     content_key: Mapped[str | None] = mapped_column(Text)
     content_bytes: Mapped[int | None] = mapped_column(Integer)
 

@@ -92,7 +92,7 @@ def upgrade() -> None:
         sa.Column("duration_seconds", sa.Float(), nullable=True),
         sa.Column("loudness_lufs", sa.Float(), nullable=True),
         sa.Column("gain_db", sa.Float(), nullable=True),
-        sa.Column("master_key", sa.Text(), nullable=True),
+        sa.Column("part_key", sa.Text(), nullable=True),
         sa.Column("content_key", sa.Text(), nullable=True),
         sa.Column("content_bytes", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(["book_id"], ["audiobooks.id"], ondelete="CASCADE"),

@@ -21,14 +21,15 @@ from worker.audiobook.assemble import (
     PEAK_CEILING_DBFS,
     SAMPLE_RATE,
     TARGET_LUFS,
+    BookPart,
     ChapterMaster,
     LoudnessMeter,
-    M4bChapter,
     SegmentAudio,
     assemble_chapter,
     build_m4b,
     normalization_gain_db,
     read_chapter_markers,
+    render_book_part,
     render_chapter,
 )
 
@@ -321,25 +322,36 @@ def test_render_chapter_rejects_other_formats(tmp_path: Path) -> None:
 # --- the M4B -----------------------------------------------------------------------------
 
 
-def test_build_m4b_marks_chapters_and_opens_masters_one_at_a_time(tmp_path: Path) -> None:
+def test_book_parts_remux_into_an_m4b_opened_one_at_a_time(tmp_path: Path) -> None:
     masters = [
         _tone_chapter(tmp_path, "one", -25.0, seconds=0.6),
         _tone_chapter(tmp_path, "two", -15.0, seconds=1.1, rate=16000),  # another rate
         _tone_chapter(tmp_path, "three", -20.0, seconds=0.8),
     ]
     titles = ["Chapter One", "Chapter Two: The Storm", "Épilogue"]
+    pause = 0.5
+    rendered = [
+        render_book_part(
+            master,
+            normalization_gain_db(master),
+            tmp_path / f"part-{index}.m4a",
+            pause_after_ms=round(pause * 1000) if index < 2 else 0,
+        )
+        for index, master in enumerate(masters)
+    ]
+    assert {part.sample_rate for part in rendered} == {SAMPLE_RATE}
     events: list[tuple[str, int]] = []
     open_now: set[int] = set()
 
     def opener(index: int) -> Callable[[], AbstractContextManager[Path]]:
         @contextmanager
-        def open_master() -> Iterator[Path]:
-            assert not open_now, "a master was opened while another was still open"
+        def open_part() -> Iterator[Path]:
+            assert not open_now, "a part was opened while another was still open"
             open_now.add(index)
             events.append(("enter", index))
             # Like a download: a private copy that is gone once the chapter is done.
-            local = tmp_path / f"download-{index}.flac"
-            shutil.copyfile(masters[index].path, local)
+            local = tmp_path / f"download-{index}.m4a"
+            shutil.copyfile(rendered[index].path, local)
             try:
                 yield local
             finally:
@@ -347,18 +359,12 @@ def test_build_m4b_marks_chapters_and_opens_masters_one_at_a_time(tmp_path: Path
                 open_now.discard(index)
                 events.append(("exit", index))
 
-        return open_master
+        return open_part
 
-    chapters = (
-        M4bChapter(title, normalization_gain_db(master), opener(index))
-        for index, (title, master) in enumerate(zip(titles, masters, strict=True))
-    )
-    pause = 0.5
     info = build_m4b(
-        chapters,
+        (BookPart(title, opener(index)) for index, title in enumerate(titles)),
         tmp_path / "book.m4b",
         title="The Book",
-        pause_between_chapters_ms=round(pause * 1000),
         metadata={"artist": "A. Writer"},
     )
 
@@ -370,9 +376,11 @@ def test_build_m4b_marks_chapters_and_opens_masters_one_at_a_time(tmp_path: Path
         ("enter", 2),
         ("exit", 2),
     ]
-    durations = [master.duration_seconds for master in masters]
-    starts = [0.0, durations[0] + pause, durations[0] + durations[1] + 2 * pause]
-    total = sum(durations) + 2 * pause
+    # Each part is its chapter, its pause and one AAC priming frame (43 ms at 24 kHz).
+    priming = 1024 / SAMPLE_RATE
+    lengths = [part.duration_seconds + priming for part in rendered]
+    starts = [0.0, lengths[0], lengths[0] + lengths[1]]
+    total = sum(lengths)
     assert info.chapter_starts == pytest.approx(starts, abs=0.05)
     assert info.duration_seconds == pytest.approx(total, abs=0.05)
     assert info.bytes == info.path.stat().st_size
@@ -392,11 +400,14 @@ def test_build_m4b_marks_chapters_and_opens_masters_one_at_a_time(tmp_path: Path
         assert container.metadata["album"] == "The Book"
         assert container.metadata["artist"] == "A. Writer"
         assert float(stream.duration * stream.time_base) == pytest.approx(total, abs=0.05)
-    # Every chapter came through at the target loudness.
+    # Every chapter came through at the target loudness, and the pauses are silent.
     samples, rate = _decode(info.path)
-    for start, end in zip(starts, [*starts[1:], total], strict=True):
+    for index, (start, end) in enumerate(zip(starts, [*starts[1:], total], strict=True)):
         chapter = samples[round(start * rate) : round(end * rate)]
         assert _loudness(chapter, rate) == pytest.approx(TARGET_LUFS, abs=0.5)
+        if index < 2:
+            gap = chapter[-round(0.4 * rate) :]
+            assert np.abs(gap).max() < 0.01
 
 
 def test_build_m4b_needs_a_chapter(tmp_path: Path) -> None:

@@ -40,7 +40,8 @@ __all__ = [
     "TARGET_LUFS",
     "ChapterMaster",
     "LoudnessMeter",
-    "M4bChapter",
+    "BookPart",
+    "M4B_BITRATE",
     "M4bInfo",
     "RenderedAudio",
     "SegmentAudio",
@@ -49,6 +50,7 @@ __all__ = [
     "normalization_gain_db",
     "read_chapter_markers",
     "render_chapter",
+    "render_book_part",
 ]
 
 SAMPLE_RATE = 24000  # the book's working rate
@@ -60,6 +62,7 @@ MAX_GAIN_DB = 30.0  # the most a chapter is raised
 _FULL_SCALE = 32768.0  # s16 full scale: sample / _FULL_SCALE is in [-1, 1)
 _MAX_FLOAT = 32767.0 / _FULL_SCALE  # the largest float that still fits s16 after scaling
 _SILENCE_CHUNK_SECONDS = 1  # digital silence is written in chunks of at most this
+M4B_BITRATE = 64_000  # AAC-LC mono for speech: about 29 MB an hour
 _M4B_MUXER = "ipod"  # FFmpeg's iTunes flavour of MP4: writes QuickTime and Nero chapters
 _M4B_BRAND = "M4B "  # major brand audiobook players look for (the muxer default is "M4A ")
 
@@ -94,14 +97,12 @@ class RenderedAudio:
 
 
 @dataclass(frozen=True)
-class M4bChapter:
-    """One chapter of an M4B: its mark's title, its gain and how to get its master."""
+class BookPart:
+    """One chapter's part of an M4B (see `render_book_part`): its mark's title and how to
+    get the part's file."""
 
     title: str
-    gain_db: float
-    # Yields a local path to the chapter's master FLAC; the caller may download it lazily
-    # and delete it on exit. Entered once, after the previous chapter's was exited.
-    open_master: Callable[[], AbstractContextManager[Path]]
+    open_part: Callable[[], AbstractContextManager[Path]]
 
 
 @dataclass(frozen=True)
@@ -286,60 +287,110 @@ def render_chapter(
     )
 
 
+def render_book_part(
+    master: ChapterMaster,
+    gain_db: float,
+    out_path: Path,
+    *,
+    pause_after_ms: int = 0,
+    bitrate: int = M4B_BITRATE,
+    sample_rate: int = SAMPLE_RATE,
+) -> RenderedAudio:
+    """The chapter as its part of the book: AAC in MP4 at the book's rate and bitrate,
+    through `gain_db`, followed by the `pause_after_ms` that comes after it in the book.
+    Every part of a book must share `sample_rate` (a master at another rate is resampled).
+
+    Made when the chapter is, on whichever worker assembles it, so the book itself is
+    only a remux of its parts (`build_m4b`): encoding 18 hours of AAC in one task after
+    the last chapter would add minutes to every long book."""
+    rate = output_rate("aac", sample_rate)
+    out_path = Path(out_path)
+    total = 0
+    try:
+        with av.open(str(out_path), mode="w", format=_M4B_MUXER) as container:
+            writer = _StreamEncoder(
+                container, "aac", master.sample_rate, rate, "flt", bit_rate=bitrate
+            )
+            for block in _read_mono(master.path, master.sample_rate):
+                writer.write(_apply_gain(block, gain_db))
+                total += block.size
+            for chunk in _silence(
+                _ms_to_samples(pause_after_ms, master.sample_rate), master.sample_rate, np.float32
+            ):
+                writer.write(chunk)
+                total += chunk.size
+            if total == 0:
+                raise ValueError(f"{master.path} holds no audio")
+            writer.finish()
+    except BaseException:
+        out_path.unlink(missing_ok=True)
+        raise
+    return RenderedAudio(
+        path=out_path,
+        bytes=out_path.stat().st_size,
+        duration_seconds=total / master.sample_rate,
+        sample_rate=rate,
+    )
+
+
 def build_m4b(
-    chapters: Iterable[M4bChapter],
+    parts: Iterable[BookPart],
     out_path: Path,
     *,
     title: str,
-    pause_between_chapters_ms: int = 0,
-    bitrate: int = 64000,
     metadata: Mapping[str, str] | None = None,
-    sample_rate: int = SAMPLE_RATE,
 ) -> M4bInfo:
-    """Encode the chapters, in order, into one AAC .m4b with a chapter mark for each.
+    """Put the chapters' parts, in order, into one .m4b with a chapter mark for each.
 
-    Each chapter's master is opened (`open_master`), streamed through its gain into the
-    encoder and closed before the next is opened. `pause_between_chapters_ms` of silence
-    ends every chapter but the last, so a mark starts where its chapter's audio does.
-    Marks are counted in samples fed to the encoder, at the stream's rate, and written
-    once all the audio is in: FFmpeg's MP4 muxer adds chapters given before the trailer,
-    as a QuickTime chapter track and a Nero "chpl" list. The container's "title" and
-    "album" are the book's title; `metadata` adds tags such as "artist" (and may set
-    "album"). Raises ValueError if there are no chapters.
+    No audio is decoded or encoded: each part's AAC packets are copied into the book's one
+    stream with timestamps that run on from the part before (every part was encoded with
+    the same settings; its encoder's priming frame stays, 43 ms inside the chapter's
+    opening silence). Each part is opened (`open_part`) and closed before the next, so
+    memory stays flat. Marks are counted in samples at the stream's rate and written once
+    all the packets are in: FFmpeg's MP4 muxer adds chapters given before the trailer, as
+    a QuickTime chapter track and a Nero "chpl" list. The container's "title" and "album"
+    are the book's title; `metadata` adds tags such as "artist" (and may set "album").
+    Raises ValueError if there are no parts.
     """
-    pending = iter(chapters)
+    pending = iter(parts)
     first = next(pending, None)
     if first is None:
         raise ValueError("an M4B needs at least one chapter")
-    rate = output_rate("aac", sample_rate)
     out_path = Path(out_path)
     marks: list[tuple[str, int, int]] = []  # title, start, end in samples at `rate`
     total = 0
+    rate = 0
     try:
         with av.open(
             str(out_path), mode="w", format=_M4B_MUXER, options={"brand": _M4B_BRAND}
         ) as container:
             container.metadata.update({"album": title, **(metadata or {}), "title": title})
-            writer = _StreamEncoder(container, "aac", rate, rate, "flt", bit_rate=bitrate)
-            for chapter in itertools.chain([first], pending):
-                if marks:
-                    # The pause belongs to the chapter before: the next mark starts at speech.
-                    for chunk in _silence(
-                        _ms_to_samples(pause_between_chapters_ms, rate), rate, np.float32
-                    ):
-                        writer.write(chunk)
-                        total += chunk.size
-                    marks[-1] = (marks[-1][0], marks[-1][1], total)
+            stream: av.audio.stream.AudioStream | None = None
+            for part in itertools.chain([first], pending):
                 start = total
-                with chapter.open_master() as master_path:
-                    for block in _read_mono(master_path, rate):
-                        writer.write(_apply_gain(block, chapter.gain_db))
-                        total += block.size
-                marks.append((chapter.title, start, total))
+                with part.open_part() as path, av.open(str(path), mode="r") as source:
+                    source_stream = source.streams.audio[0]
+                    if stream is None:
+                        stream = container.add_stream_from_template(source_stream)
+                        rate = source_stream.rate
+                    elif source_stream.rate != rate:
+                        raise ValueError(
+                            f"{part.title!r} is at {source_stream.rate} Hz, not {rate}"
+                        )
+                    time_base = Fraction(1, rate)
+                    for packet in source.demux(source_stream):
+                        if packet.size == 0:
+                            continue  # the demuxer's end-of-stream marker
+                        duration = int(packet.duration or 1024)
+                        packet.stream = stream
+                        packet.time_base = time_base
+                        packet.pts = packet.dts = total
+                        packet.duration = duration
+                        container.mux(packet)
+                        total += duration
+                marks.append((part.title, start, total))
             if total == 0:
                 raise ValueError("the chapters hold no audio")
-            writer.finish()
-            # After the last packet, before the trailer: the muxer writes chapters there.
             container.set_chapters(
                 [
                     {

@@ -1,7 +1,9 @@
 """Putting a book together: each chapter once its segments are done, then the M4B.
 
-Both steps stream: a chapter reads its segments one at a time from storage, the book reads
-its chapters' masters one at a time, so memory does not grow with the book. Each step is
+Both steps stream: a chapter reads its segments one at a time from storage and encodes its
+part of the book as well as its own file; the book copies its chapters' parts, one at a
+time, into the M4B without encoding anything, so memory does not grow with the book and
+the step after the last chapter takes seconds, not the minutes an 18-hour encode would. Each step is
 claimed with a lease as long as the task's time limit and ends with a compare-and-set on
 its run number; a step whose worker died is claimed again once its lease has passed.
 """
@@ -25,12 +27,13 @@ from storage.objects import ObjectStore, tenant_key
 from worker import webhooks
 
 from .assemble import (
-    M4bChapter,
+    BookPart,
     M4bInfo,
     SegmentAudio,
     assemble_chapter,
     build_m4b,
     normalization_gain_db,
+    render_book_part,
     render_chapter,
 )
 from .plan import DEFAULT_CHAPTER_PAUSE_MS
@@ -75,11 +78,18 @@ class BookAssembler:
                 sources.append((entry.object_key, segment.pause_after_ms))
             chapter = session.get(AudiobookChapter, (book_id, index))
             assert chapter is not None
-            old_keys = [k for k in (chapter.master_key, chapter.content_key) if k]
+            old_keys = [k for k in (chapter.part_key, chapter.content_key) if k]
+            # Every chapter but the last carries the pause that follows it in the book.
+            last = max(c.index for c in books.chapters_of(session, book_id=book_id))
+            pause_after_ms = (
+                0
+                if index == last
+                else int(book.options.get("chapter_pause_ms", DEFAULT_CHAPTER_PAUSE_MS))
+            )
         if len(sources) != len(segments) or not segments:
             return self._give_up(book_id, index, version, "a segment's audio is missing")
         prefix = ("audiobooks", book_id, f"chapter-{index}", f"v{version}-run{run}")
-        master_key = tenant_key(tenant, *prefix, "master.flac")
+        part_key = tenant_key(tenant, *prefix, "part.m4a")
         content_key = tenant_key(tenant, *prefix, f"chapter.{fmt}")
         try:
             with tempfile.TemporaryDirectory(prefix="speechq-chapter-") as tmp:
@@ -89,8 +99,11 @@ class BookAssembler:
                 )
                 gain = normalization_gain_db(master)
                 rendered = render_chapter(master, gain, fmt, folder / f"chapter.{fmt}")
-                with master.path.open("rb") as fh:
-                    self.store.put_file(master_key, fh)
+                part = render_book_part(
+                    master, gain, folder / "part.m4a", pause_after_ms=pause_after_ms
+                )
+                with part.path.open("rb") as fh:
+                    self.store.put_file(part_key, fh)
                 with rendered.path.open("rb") as fh:
                     self.store.put_file(content_key, fh)
         except Exception:
@@ -107,14 +120,14 @@ class BookAssembler:
                     "duration_seconds": round(rendered.duration_seconds, 3),
                     "loudness_lufs": master.loudness_lufs,
                     "gain_db": round(gain, 3),
-                    "master_key": master_key,
+                    "part_key": part_key,
                     "content_key": content_key,
                     "content_bytes": rendered.bytes,
                 },
             )
         # The version (and run) this step did not end keeps nothing; the one it replaced
         # is deleted once the new one is in place.
-        for key in old_keys if done else [master_key, content_key]:
+        for key in old_keys if done else [part_key, content_key]:
             self.store.delete(key)
         advance(self.settings, self.events, book_id)
         return books.SUCCEEDED if done else None
@@ -141,7 +154,7 @@ class BookAssembler:
     # --- the book ---------------------------------------------------------------------
 
     def book(self, book_id: str, book_round: int) -> str | None:
-        """Build the M4B from the chapters' masters; None if it was not ours to build."""
+        """Build the M4B from the chapters' parts; None if it was not ours to build."""
         with session_scope(self.db_url) as session:
             run = books.claim_book_assembly(
                 session, book_id=book_id, round=book_round, lease_seconds=self.lease_s
@@ -151,17 +164,16 @@ class BookAssembler:
             book = books.get_book(session, book_id=book_id, tenant=None)
             assert book is not None
             chapters = books.chapters_of(session, book_id=book_id)
-            if any(c.status != books.SUCCEEDED or not c.master_key for c in chapters):
+            if any(c.status != books.SUCCEEDED or not c.part_key for c in chapters):
                 # A chapter is being redone; its end starts this again, unhindered.
                 book.lease_expires_at = None
                 return None
             tenant, title = book.tenant, book.title
-            pause_ms = int(book.options.get("chapter_pause_ms", DEFAULT_CHAPTER_PAUSE_MS))
             old_key = (book.result or {}).get("object_key")
-            parts = [(c.title, c.gain_db or 0.0, c.master_key or "") for c in chapters]
+            parts = [(c.title, c.part_key or "") for c in chapters]
         key = tenant_key(tenant, "audiobooks", book_id, f"round-{book_round}-run{run}", "book.m4b")
         try:
-            info = self._build(parts, key, title=title, pause_ms=pause_ms)
+            info = self._build(parts, key, title=title)
         except Exception:
             log.exception("audiobook %s could not be assembled", book_id)
             self.store.delete(key)
@@ -192,23 +204,19 @@ class BookAssembler:
         webhooks.publish_delivery(event)
         return books.SUCCEEDED
 
-    def _build(
-        self, parts: list[tuple[str, float, str]], key: str, *, title: str, pause_ms: int
-    ) -> M4bInfo:
+    def _build(self, parts: list[tuple[str, str]], key: str, *, title: str) -> M4bInfo:
         with tempfile.TemporaryDirectory(prefix="speechq-book-") as tmp:
             folder = Path(tmp)
             info = build_m4b(
                 [
-                    M4bChapter(
+                    BookPart(
                         title=chapter_title or f"Chapter {number + 1}",
-                        gain_db=gain,
-                        open_master=self._master_opener(master_key, folder),
+                        open_part=self._part_opener(part_key, folder),
                     )
-                    for number, (chapter_title, gain, master_key) in enumerate(parts)
+                    for number, (chapter_title, part_key) in enumerate(parts)
                 ],
                 folder / "book.m4b",
                 title=title,
-                pause_between_chapters_ms=pause_ms,
             )
             with info.path.open("rb") as fh:
                 self.store.put_file(key, fh)
@@ -231,16 +239,16 @@ class BookAssembler:
             webhooks.publish_delivery(event)
         return books.FAILED
 
-    def _master_opener(
-        self, master_key: str, folder: Path
+    def _part_opener(
+        self, part_key: str, folder: Path
     ) -> Callable[[], AbstractContextManager[Path]]:
         @contextmanager
-        def open_master() -> Iterator[Path]:
-            path = folder / "chapter-master.flac"
-            self.store.download_to(master_key, path)
+        def open_part() -> Iterator[Path]:
+            path = folder / "chapter-part.m4a"
+            self.store.download_to(part_key, path)
             try:
                 yield path
             finally:
                 path.unlink(missing_ok=True)
 
-        return open_master
+        return open_part
