@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install services lint bench-submit bench-pipeline bench-sync bench-upload bench-soak clean
+.PHONY: run test install services lint bench-submit bench-pipeline bench-sync bench-upload bench-soak bench-audiobook clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench-upload: install
 
 bench-soak: install services
 	$(BIN)/python bench/soak.py
+
+bench-audiobook: install services
+	$(BIN)/python bench/audiobook.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -9,6 +9,10 @@
   `quantiles_ms`, `summarize`; the API's own latency histogram from `/metrics`.
 - The zero-latency fake OpenAI-compatible TTS server (`start_fake_provider`, run as
   `python bench/_stack.py --serve-fake-provider PORT`) and a moto S3 server (`start_s3`).
+  With `latency_s` the fake sleeps that long per speech request (a threaded server, so
+  concurrent requests overlap), with `tone_seconds` it answers with that much of a tone
+  instead of 0.2 s of silence, and `GET /stats` lists every speech request's wall-clock
+  start and end (`fake_provider_stats`).
 
 Not a benchmark itself; the scripts next to it import it.
 """
@@ -65,6 +69,7 @@ __all__ = [
     "Procs",
     "Stack",
     "describe_run",
+    "fake_provider_stats",
     "fake_tts_config",
     "free_port",
     "quantiles_ms",
@@ -179,7 +184,16 @@ def wait_http_ok(url: str, procs: Procs, name: str, timeout_s: float = STARTUP_T
     raise TimeoutError(f"{name} did not answer {url} within {timeout_s:.0f} s:\n{procs.tail(name)}")
 
 
-def fake_tts_config(path: Path, provider_port: int) -> Path:
+def fake_tts_config(
+    path: Path, provider_port: int, *, audiobook_concurrency: int | None = None
+) -> Path:
+    """One deployment `openai/tts-1` at the fake provider, as model `fake-tts`;
+    `audiobook_concurrency` sets that deployment's cap of concurrent audiobook segments."""
+    cap = (
+        f"      audiobook_concurrency: {audiobook_concurrency}\n"
+        if audiobook_concurrency is not None
+        else ""
+    )
     path.write_text(
         "model_list:\n"
         "  - model_name: fake-tts\n"
@@ -187,6 +201,7 @@ def fake_tts_config(path: Path, provider_port: int) -> Path:
         "      model: openai/tts-1\n"
         f'      api_base: "http://127.0.0.1:{provider_port}/v1"\n'
         "      api_key: sk-bench\n"
+        f"{cap}"
         "    model_info: {mode: audio_speech}\n"
     )
     return path
@@ -290,9 +305,23 @@ class Stack:
         wait_http_ok(f"{self.api_url}/healthz", self.procs, "api")
         return self.api_url
 
-    def start_worker(self, concurrency: int) -> None:
+    def start_worker(
+        self,
+        concurrency: int,
+        *,
+        queues: str | None = None,
+        pool: str | None = None,
+        name: str = "worker",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`speechq worker`; `queues` and `pool` as its options (default: all, prefork);
+        `env`: more environment variables for this worker only."""
         argv = [sys.executable, "-m", "speechq.cli", "worker", "--concurrency", str(concurrency)]
-        self.procs.start("worker", argv, self.env())
+        if queues:
+            argv += ["--queues", queues]
+        if pool:
+            argv += ["--pool", pool]
+        self.procs.start(name, argv, self.env() | (env or {}))
 
     def _flush_redis(self) -> None:
         client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=self.redis_db)
@@ -664,13 +693,29 @@ def server_view(
 # --- fake servers: the TTS provider (`_stack.py --serve-fake-provider PORT`), S3 (moto) ---
 
 
-def serve_fake_provider(port: int) -> None:
+def _tone_pcm(seconds: float, rate: int = 24_000) -> bytes:
+    """`seconds` of a 440 Hz tone at about -12 dBFS as s16le mono: audible, so that an
+    audiobook's silence trimming keeps it and its loudness can be measured."""
+    import numpy as np
+
+    t = np.arange(round(seconds * rate)) / rate
+    return (np.sin(2 * np.pi * 440.0 * t) * 8192).astype("<i2").tobytes()
+
+
+def serve_fake_provider(port: int, latency_s: float = 0.0, tone_seconds: float = 0.0) -> None:
+    """Answer POST /v1/audio/speech after `latency_s` with 0.2 s of silence, or with
+    `tone_seconds` of a tone when that is > 0; GET /stats: the speech requests so far."""
     from worker.audio import encode_pcm
 
     pcm = bytes(2 * 24_000 // 5)  # 0.2 s of s16le mono silence at 24 kHz
+    if tone_seconds > 0:
+        pcm = _tone_pcm(tone_seconds)
     types = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac"}
     types |= {"flac": "audio/flac", "wav": "audio/wav", "pcm": "audio/pcm"}
     audio = {fmt: encode_pcm(pcm, 24_000, fmt) for fmt in types}
+    # (wall-clock start, wall-clock end) of every speech request answered; list.append is
+    # atomic, so the handler threads need no lock.
+    served: list[tuple[float, float]] = []
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as a real provider
@@ -679,6 +724,7 @@ def serve_fake_provider(port: int) -> None:
         disable_nagle_algorithm = True
 
         def do_POST(self) -> None:
+            started = time.time()
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if self.path.rstrip("/") != "/v1/audio/speech":
                 self._answer(404, b'{"error": {"message": "not found"}}', "application/json")
@@ -687,7 +733,16 @@ def serve_fake_provider(port: int) -> None:
             if fmt not in audio:
                 self._answer(400, b'{"error": {"message": "bad format"}}', "application/json")
                 return
+            if latency_s > 0:
+                time.sleep(max(0.0, started + latency_s - time.time()))
             self._answer(200, audio[fmt], types[fmt])
+            served.append((started, time.time()))
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") != "/stats":
+                self._answer(404, b'{"error": {"message": "not found"}}', "application/json")
+                return
+            self._answer(200, json.dumps({"requests": served}).encode(), "application/json")
 
         def _answer(self, status: int, content: bytes, content_type: str) -> None:
             self.send_response(status)
@@ -699,7 +754,12 @@ def serve_fake_provider(port: int) -> None:
         def log_message(self, *_: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    class Server(ThreadingHTTPServer):
+        # A slow fake gets its callers' connections all at once: queue them, don't drop
+        # (a dropped SYN is retried after a second). Unchanged for the zero-latency fake.
+        request_queue_size = 128 if latency_s > 0 else ThreadingHTTPServer.request_queue_size
+
+    server = Server(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     server.serve_forever()
 
@@ -716,13 +776,31 @@ def wait_tcp(port: int, procs: Procs, name: str, timeout_s: float = 30.0) -> Non
     raise TimeoutError(f"{name} did not listen on {port} within {timeout_s:.0f} s")
 
 
-def start_fake_provider(procs: Procs, name: str = "fake-provider") -> int:
-    """The zero-latency fake TTS server as a subprocess; returns its port."""
+def start_fake_provider(
+    procs: Procs,
+    name: str = "fake-provider",
+    *,
+    latency_s: float = 0.0,
+    tone_seconds: float = 0.0,
+) -> int:
+    """The fake TTS server as a subprocess (zero-latency, 0.2 s of silence, unless
+    `latency_s` / `tone_seconds` say otherwise); returns its port."""
     port = free_port()
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve-fake-provider", str(port)]
+    if latency_s > 0:
+        argv += ["--latency", repr(latency_s)]
+    if tone_seconds > 0:
+        argv += ["--tone-seconds", repr(tone_seconds)]
     procs.start(name, argv, dict(os.environ))
     wait_tcp(port, procs, name)
     return port
+
+
+def fake_provider_stats(port: int) -> list[tuple[float, float]]:
+    """(wall-clock start, end) of every speech request the fake provider answered."""
+    response = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=10.0)
+    response.raise_for_status()
+    return [(float(a), float(b)) for a, b in response.json()["requests"]]
 
 
 def start_s3(procs: Procs, tmp: Path) -> tuple[str, dict[str, str]]:
@@ -766,7 +844,10 @@ def run_main(main: Callable[[], int]) -> None:
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(description="Run a fake server of the benchmarks.")
     _parser.add_argument("--serve-fake-provider", type=int, metavar="PORT", required=True)
-    serve_fake_provider(_parser.parse_args().serve_fake_provider)
+    _parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
+    _parser.add_argument("--tone-seconds", type=float, default=0.0, metavar="SECONDS")
+    _args = _parser.parse_args()
+    serve_fake_provider(_args.serve_fake_provider, _args.latency, _args.tone_seconds)
 
 
 def start_fake_tts_stack(
