@@ -190,7 +190,7 @@ def retry_audiobook(
     book_id: str, state: StateDep, session: SessionDep, principal: CurrentKey
 ) -> AudiobookPublic:
     """Run the failed (or canceled) segments again; the audio already made is kept."""
-    book = _load(session, principal, book_id)
+    book = _check_not_expired(_load(session, principal, book_id))
     if not books.retry_book(session, book_id=book.id):
         code = "job_not_finished" if book.status not in TERMINAL_STATUSES else "job_finished"
         raise ApiError(
@@ -216,7 +216,7 @@ def rerender_chapter(
     """Make one chapter again, with new text, title or voice if given; unchanged segments
     come from the cache, so only what changed is paid for."""
     body = body or ChapterRerender()
-    book = _load(session, principal, book_id)
+    book = _check_not_expired(_load(session, principal, book_id))
     chapter = _chapter(session, book, index)
     if book.status not in (books.SUCCEEDED, books.FAILED):
         raise ApiError(
@@ -269,6 +269,12 @@ def rerender_chapter(
     return audiobook_public(session, _load(session, principal, book_id))
 
 
+def _check_not_expired(book: Audiobook) -> Audiobook:
+    if (book.result or {}).get("expired"):
+        raise ApiError(410, "expired", "The audiobook passed its retention time and was deleted.")
+    return book
+
+
 def _restart(state: AppState, book: Audiobook) -> None:
     try:
         dispatch(
@@ -304,8 +310,7 @@ def get_audiobook_content(
             f"The audiobook is {book.status}; its content exists once it has succeeded.",
             param="id",
         )
-    if book.result.get("expired"):
-        raise ApiError(410, "expired", "The audiobook passed its retention time and was deleted.")
+    _check_not_expired(book)
     return audio_response(
         state,
         book.result["object_key"],
@@ -330,8 +335,7 @@ def get_chapter_content(
     """One chapter in the book's `response_format`, as soon as that chapter is done."""
     book = _load(session, principal, book_id)
     chapter = _chapter(session, book, index)
-    if (book.result or {}).get("expired"):
-        raise ApiError(410, "expired", "The audiobook passed its retention time and was deleted.")
+    _check_not_expired(book)
     if chapter.status != books.SUCCEEDED or not chapter.content_key:
         raise ApiError(
             409,

@@ -8,6 +8,7 @@ import io
 import json
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -417,3 +418,36 @@ def test_idempotency_key_returns_the_first_book(stack: Stack) -> None:
     assert uploaded.status_code == 202 and reuploaded.status_code == 200
     assert reuploaded.json()["id"] == uploaded.json()["id"]
     assert changed.status_code == 409
+
+
+def test_an_expired_book_is_deleted_and_answers_410(stack: Stack) -> None:
+    from sqlalchemy import update
+
+    from storage.audiobook_models import Audiobook
+    from storage.models import utcnow
+
+    with stack.client() as client:
+        book = client.post(
+            "/v1/audiobooks",
+            json={"title": "Brief", "model": "local-tts", "text": f"Soon gone, {stack.kind}."},
+        ).json()
+        done = wait_for_book(client, book["id"])
+        assert done["status"] == "succeeded", done
+        prefix = f"tenants/admin/audiobooks/{book['id']}"
+        assert stack.stored_keys(prefix)
+        with stack.db_session() as session:
+            session.execute(
+                update(Audiobook)
+                .where(Audiobook.id == book["id"])
+                .values(expires_at=utcnow() - timedelta(seconds=1))
+            )
+            session.commit()
+        deadline = time.monotonic() + 40  # the next sweep (every 15 s) deletes it
+        while client.get(done["result"]["content_url"]).status_code != 410:
+            assert time.monotonic() < deadline, "the book was not expired"
+            time.sleep(1)
+        chapter = client.get(done["chapters"][0]["content_url"])
+        retry = client.post(f"/v1/audiobooks/{book['id']}/chapters/0/rerender", json={})
+    assert chapter.status_code == 410 and retry.status_code == 410
+    assert retry.json()["error"]["code"] == "expired"
+    assert stack.stored_keys(prefix) == []
