@@ -28,6 +28,8 @@ __all__ = [
     "deliveries_to_publish",
     "mark_delivery_published",
     "signing_key_of_job",
+    "deliveries_for_audiobook",
+    "delivery_for_audiobook_event",
 ]
 
 # A message may run this much before its attempt is due (clocks of two hosts differ).
@@ -87,6 +89,14 @@ def deliveries_for_job(session: Session, *, job_id: str) -> Sequence[WebhookDeli
     return session.scalars(
         select(WebhookDelivery)
         .where(WebhookDelivery.job_id == job_id)
+        .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+    ).all()
+
+
+def deliveries_for_audiobook(session: Session, *, audiobook_id: str) -> Sequence[WebhookDelivery]:
+    return session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.audiobook_id == audiobook_id)
         .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
     ).all()
 

@@ -48,6 +48,7 @@ from speechq.domain import JobStatus
 from speechq.net_guard import HostUnresolvable, Resolver, UnsafeURL, pinned_client, resolve_safe
 from speechq.settings import Settings, get_settings
 from storage import audiobook_queries, queries, webhook_queries
+from storage.audiobook_models import Audiobook
 from storage.db import session_scope
 from storage.models import Job, utcnow
 from storage.webhook_models import WebhookDelivery
@@ -61,6 +62,7 @@ __all__ = [
     "enqueue_job_event",
     "enqueue_audiobook_event",
     "redeliver_job_event",
+    "redeliver_audiobook_event",
     "publish_delivery",
     "requeue_due_deliveries",
     "deliver",
@@ -153,6 +155,21 @@ def enqueue_audiobook_event(session: Session, *, book_id: str) -> str | None:
         payload=payload,
     )
     return row.id
+
+
+def redeliver_audiobook_event(session: Session, *, book: Audiobook) -> WebhookDelivery | None:
+    """Send the event of the book's latest end again (see `redeliver_job_event`)."""
+    if book.status not in EVENT_TYPES or not book.webhook_url:
+        return None
+    row = webhook_queries.delivery_for_audiobook_event(
+        session, audiobook_id=book.id, round=book.round, type="audiobook." + book.status
+    )
+    if row is None:
+        delivery_id = enqueue_audiobook_event(session, book_id=book.id)
+        return webhook_queries.get_delivery(session, delivery_id=delivery_id or "")
+    webhook_queries.restart_delivery(session, delivery_id=row.id)
+    session.refresh(row)
+    return row
 
 
 def redeliver_job_event(session: Session, *, job: Job) -> WebhookDelivery | None:

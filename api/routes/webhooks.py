@@ -1,4 +1,5 @@
-"""`/v1/jobs/{id}/webhooks`: a job's webhook deliveries and their attempts; redelivery."""
+"""`/v1/jobs/{id}/webhooks` and `/v1/audiobooks/{id}/webhooks`: the webhook deliveries of a
+job or an audiobook and their attempts; redelivery."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from api.webhook_schemas import (
     webhook_delivery_public,
 )
 from speechq.domain import TERMINAL_STATUSES
-from storage import webhook_queries
-from worker.webhooks import publish_delivery, redeliver_job_event
+from storage import audiobook_queries, webhook_queries
+from storage.audiobook_models import Audiobook
+from worker.webhooks import publish_delivery, redeliver_audiobook_event, redeliver_job_event
 
-router = APIRouter(prefix="/v1/jobs", tags=["webhooks"])
+router = APIRouter(tags=["webhooks"])
 
 
-@router.get("/{job_id}/webhooks", response_model=WebhookDeliveriesPublic)
+@router.get("/v1/jobs/{job_id}/webhooks", response_model=WebhookDeliveriesPublic)
 def list_job_webhooks(
     job_id: str, session: SessionDep, principal: CurrentKey
 ) -> WebhookDeliveriesPublic:
@@ -31,7 +33,9 @@ def list_job_webhooks(
     )
 
 
-@router.post("/{job_id}/webhooks/redeliver", status_code=202, response_model=WebhookDeliveryPublic)
+@router.post(
+    "/v1/jobs/{job_id}/webhooks/redeliver", status_code=202, response_model=WebhookDeliveryPublic
+)
 def redeliver_job_webhook(
     job_id: str, state: StateDep, session: SessionDep, principal: CurrentKey
 ) -> WebhookDeliveryPublic:
@@ -51,6 +55,58 @@ def redeliver_job_webhook(
             400, "invalid_request", "The job has no webhook_url to send to.", param="webhook_url"
         )
     row = redeliver_job_event(session, job=job)
+    assert row is not None  # ended, with a webhook_url
+    session.commit()
+    publish_delivery(row.id, app=state.celery)
+    attempts = webhook_queries.attempts_for_deliveries(session, delivery_ids=[row.id])
+    return webhook_delivery_public(row, attempts[row.id])
+
+
+def _book(session: SessionDep, principal: CurrentKey, book_id: str) -> Audiobook:
+    book = audiobook_queries.get_book(session, book_id=book_id, tenant=principal.scope)
+    if book is None:
+        raise ApiError(404, "not_found", f"No audiobook with id '{book_id}'.", param="id")
+    return book
+
+
+@router.get("/v1/audiobooks/{book_id}/webhooks", response_model=WebhookDeliveriesPublic)
+def list_audiobook_webhooks(
+    book_id: str, session: SessionDep, principal: CurrentKey
+) -> WebhookDeliveriesPublic:
+    """One delivery per end of the book (a retry or a re-render ends it again)."""
+    book = _book(session, principal, book_id)
+    rows = webhook_queries.deliveries_for_audiobook(session, audiobook_id=book.id)
+    attempts = webhook_queries.attempts_for_deliveries(session, delivery_ids=[r.id for r in rows])
+    return WebhookDeliveriesPublic(
+        data=[webhook_delivery_public(row, attempts[row.id]) for row in rows]
+    )
+
+
+@router.post(
+    "/v1/audiobooks/{book_id}/webhooks/redeliver",
+    status_code=202,
+    response_model=WebhookDeliveryPublic,
+)
+def redeliver_audiobook_webhook(
+    book_id: str, state: StateDep, session: SessionDep, principal: CurrentKey
+) -> WebhookDeliveryPublic:
+    """Send the event of the book's latest end again, as for jobs."""
+    book = _book(session, principal, book_id)
+    if book.status not in TERMINAL_STATUSES:
+        raise ApiError(
+            409,
+            "job_not_finished",
+            f"The audiobook is {book.status}; its webhook is sent once it has ended.",
+            param="id",
+        )
+    if not book.webhook_url:
+        raise ApiError(
+            400,
+            "invalid_request",
+            "The audiobook has no webhook_url to send to.",
+            param="webhook_url",
+        )
+    row = redeliver_audiobook_event(session, book=book)
     assert row is not None  # ended, with a webhook_url
     session.commit()
     publish_delivery(row.id, app=state.celery)

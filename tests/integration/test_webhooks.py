@@ -432,6 +432,9 @@ def test_audiobook_webhooks_once_per_end_signed_with_the_key(
         ).json()
         assert client.post(f"/v1/audiobooks/{slow['id']}/cancel").status_code == 200
         received = receiver.wait_for(3)
+        deliveries = client.get(f"/v1/audiobooks/{book['id']}/webhooks").json()["data"]
+        redelivered = client.post(f"/v1/audiobooks/{book['id']}/webhooks/redeliver")
+        repeat = receiver.wait_for(4)[3]
     assert done["status"] == again["status"] == "succeeded"
     events = [_verify(key["webhook_secret"], r) for r in received]
     assert [e["type"] for e in events] == [
@@ -445,3 +448,9 @@ def test_audiobook_webhooks_once_per_end_signed_with_the_key(
     assert events[2]["data"]["id"] == slow["id"]
     assert len({r.headers["webhook-id"] for r in received}) == 3
     assert first.headers["webhook-id"] == received[0].headers["webhook-id"]
+    # Listed once per end; a redelivery repeats the latest end's event.
+    assert [d["type"] for d in deliveries] == ["audiobook.succeeded"] * 2
+    assert [d["id"] for d in deliveries] == [r.headers["webhook-id"] for r in received[:2]]
+    assert redelivered.status_code == 202
+    assert redelivered.json()["id"] == repeat.headers["webhook-id"] == deliveries[1]["id"]
+    assert _verify(key["webhook_secret"], repeat) == events[1]
