@@ -263,27 +263,13 @@ def render_chapter(
     `fmt` (mp3 | opus | aac | flac | wav), with worker.audio's muxer, codec and rate for it.
     Raises ValueError for another format."""
     encoding = _get_encoding(fmt)
-    out_rate = output_rate(fmt, master.sample_rate)
-    out_path = Path(out_path)
-    total = 0
-    try:
-        with av.open(str(out_path), mode="w", format=encoding.container) as container:
-            writer = _StreamEncoder(container, encoding.codec, master.sample_rate, out_rate, "flt")
-            for block in _read_mono(master.path, master.sample_rate):
-                writer.write(_apply_gain(block, gain_db))
-                total += block.size
-            if total == 0:
-                # PyAV writes the header with the first packet: there would be no file.
-                raise ValueError(f"{master.path} holds no audio")
-            writer.finish()
-    except BaseException:
-        out_path.unlink(missing_ok=True)
-        raise
-    return RenderedAudio(
-        path=out_path,
-        bytes=out_path.stat().st_size,
-        duration_seconds=total / master.sample_rate,
-        sample_rate=out_rate,
+    return _render(
+        master,
+        gain_db,
+        out_path,
+        muxer=encoding.container,
+        codec=encoding.codec,
+        out_rate=output_rate(fmt, master.sample_rate),
     )
 
 
@@ -303,24 +289,44 @@ def render_book_part(
     Made when the chapter is, on whichever worker assembles it, so the book itself is
     only a remux of its parts (`build_m4b`): encoding 18 hours of AAC in one task after
     the last chapter would add minutes to every long book."""
-    rate = output_rate("aac", sample_rate)
+    return _render(
+        master,
+        gain_db,
+        out_path,
+        muxer=_M4B_MUXER,
+        codec="aac",
+        out_rate=output_rate("aac", sample_rate),
+        bit_rate=bitrate,
+        pause_after_ms=pause_after_ms,
+    )
+
+
+def _render(
+    master: ChapterMaster,
+    gain_db: float,
+    out_path: Path,
+    *,
+    muxer: str,
+    codec: str,
+    out_rate: int,
+    bit_rate: int | None = None,
+    pause_after_ms: int = 0,
+) -> RenderedAudio:
     out_path = Path(out_path)
+    rate = master.sample_rate
     total = 0
     try:
-        with av.open(str(out_path), mode="w", format=_M4B_MUXER) as container:
-            writer = _StreamEncoder(
-                container, "aac", master.sample_rate, rate, "flt", bit_rate=bitrate
-            )
-            for block in _read_mono(master.path, master.sample_rate):
+        with av.open(str(out_path), mode="w", format=muxer) as container:
+            writer = _StreamEncoder(container, codec, rate, out_rate, "flt", bit_rate=bit_rate)
+            for block in _read_mono(master.path, rate):
                 writer.write(_apply_gain(block, gain_db))
                 total += block.size
-            for chunk in _silence(
-                _ms_to_samples(pause_after_ms, master.sample_rate), master.sample_rate, np.float32
-            ):
+            if total == 0:
+                # PyAV writes the header with the first packet: there would be no file.
+                raise ValueError(f"{master.path} holds no audio")
+            for chunk in _silence(_ms_to_samples(pause_after_ms, rate), rate, np.float32):
                 writer.write(chunk)
                 total += chunk.size
-            if total == 0:
-                raise ValueError(f"{master.path} holds no audio")
             writer.finish()
     except BaseException:
         out_path.unlink(missing_ok=True)
@@ -328,8 +334,8 @@ def render_book_part(
     return RenderedAudio(
         path=out_path,
         bytes=out_path.stat().st_size,
-        duration_seconds=total / master.sample_rate,
-        sample_rate=rate,
+        duration_seconds=total / rate,
+        sample_rate=out_rate,
     )
 
 
