@@ -270,7 +270,10 @@ def test_redeliver_sends_the_same_event_again(stack: Stack, receiver_factory: An
         first = _wait_delivery(client, job["id"])
         redelivered = client.post(f"/v1/jobs/{job['id']}/webhooks/redeliver")
         received = receiver.wait_for(2)
-        after = _wait_delivery(client, job["id"], until=lambda d: len(d["attempts"]) == 2)
+        # The listing reads the delivery, then its attempts: wait for both to show the end.
+        after = _wait_delivery(
+            client, job["id"], until=lambda d: len(d["attempts"]) == 2 and d["status"] in FINAL
+        )
     assert redelivered.status_code == 202, redelivered.text
     assert redelivered.json()["id"] == first["id"]
     assert redelivered.json()["status"] in ("pending", "delivered")

@@ -131,9 +131,12 @@ class LocalProvider(SpeechProvider):
             beam_size=_WHISPER_BEAM_SIZE,
             vad_filter=False,
         )
-        # Segments are a lazy generator: decoding happens while we iterate.
+        # Segments are a lazy generator: decoding happens while we iterate. Whisper can
+        # stamp the last segment past the end of short audio (its 30 s window): clamp it.
+        end = info.duration
         parts = tuple(
-            TranscriptSegment(start=s.start, end=s.end, text=s.text.strip()) for s in segments
+            TranscriptSegment(start=min(s.start, end), end=min(s.end, end), text=s.text.strip())
+            for s in segments
         )
         return TranscriptionResult(
             text=" ".join(part.text for part in parts if part.text),
