@@ -23,7 +23,7 @@ from api.audiobook_schemas import (
     AudiobookQuote,
 )
 from api.deps import Principal
-from api.errors import ApiError
+from api.errors import ApiError, validation_error
 from api.idempotency import Idempotency, find_previous
 from api.limits import check_budgets, check_rate_limit
 from api.state import AppState
@@ -82,14 +82,6 @@ class Prepared:
 # --- reading the request ------------------------------------------------------------------
 
 
-def _invalid(exc: ValidationError) -> ApiError:
-    first = exc.errors()[0] if exc.errors() else {}
-    param = ".".join(str(p) for p in first.get("loc", ())) or None
-    what = first.get("msg", "invalid request")
-    message = f"Invalid value for '{param}': {what}" if param else f"Invalid request: {what}"
-    return ApiError(400, "invalid_request", message, param=param)
-
-
 def _fingerprint(raw: object) -> dict[str, Any]:
     return raw if isinstance(raw, dict) else {"body": raw}
 
@@ -98,7 +90,7 @@ def read_json_request(raw: object) -> BookRequest:
     try:
         body = AudiobookCreate.model_validate(raw)
     except ValidationError as exc:
-        raise _invalid(exc) from None
+        raise validation_error(exc.errors()) from None
     if body.chapters is not None:
         chapters = tuple(ChapterInput(c.title, c.text, c.voice) for c in body.chapters)
         return BookRequest(body, body.title or "Untitled", chapters, _fingerprint(raw))
@@ -132,7 +124,7 @@ async def read_form_request(request: Request) -> BookRequest:
     try:
         options = AudiobookOptions.model_validate(fields)
     except ValidationError as exc:
-        raise _invalid(exc) from None
+        raise validation_error(exc.errors()) from None
     data = await upload.read()
     filename = upload.filename or ""
     try:

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["ApiError", "error_response", "install_error_handlers"]
+__all__ = ["ApiError", "error_response", "validation_error", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,9 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
+def validation_error(errors: Sequence[Any]) -> ApiError:
+    """400 invalid_request naming the first failed field, from pydantic's `errors()` (the
+    framework's request validation, or a model validated by hand)."""
     first = errors[0] if errors else {}
     loc = [
         str(part)
@@ -116,7 +117,13 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     param = ".".join(loc) or None
     what = first.get("msg", "invalid request")
     message = f"Invalid value for '{param}': {what}" if param else f"Invalid request: {what}"
-    return error_response(400, "invalid_request", message, param=param)
+    return ApiError(400, "invalid_request", message, param=param)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    error = validation_error(exc.errors())
+    return error_response(error.status_code, error.code, error.message, param=error.param)
 
 
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
