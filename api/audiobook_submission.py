@@ -37,7 +37,7 @@ from storage.audiobook_models import Audiobook, AudiobookChapter
 from storage.models import utcnow
 from worker.audiobook.book import BookError, UnsupportedBook, read_book, split_chapters
 from worker.audiobook.dispatch import dispatch
-from worker.audiobook.plan import BookPlan, ChapterInput, plan_book
+from worker.audiobook.plan import BookPlan, ChapterInput, ChapterPlan, plan_book
 from worker.audiobook.segments import segment_cache_key
 from worker.providers import get_provider
 
@@ -51,6 +51,7 @@ __all__ = [
     "quote_of",
     "submit_book",
     "segment_limit",
+    "segment_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,24 @@ def prepare(state: AppState, principal: Principal, request: BookRequest) -> Prep
     return Prepared(request, tuple(chapters), model, plan, round(cost, 6), round(seconds, 1))
 
 
+def segment_rows(chapter: ChapterPlan, *, model: str, speed: float) -> list[books.NewSegment]:
+    """A planned chapter's segments as rows to store, each with its cache key."""
+    return [
+        books.NewSegment(
+            chapter_index=chapter.index,
+            index=segment.index,
+            text=segment.text,
+            voice=chapter.voice,
+            is_title=segment.is_title,
+            pause_after_ms=segment.pause_after_ms,
+            cache_key=segment_cache_key(
+                model=model, voice=chapter.voice, speed=speed, text=segment.text
+            ),
+        )
+        for segment in chapter.segments
+    ]
+
+
 def quote_of(prepared: Prepared) -> AudiobookQuote:
     plan = prepared.plan
     return AudiobookQuote(
@@ -302,19 +321,9 @@ def submit_book(
         for chapter in prepared.plan.chapters
     ]
     segments = [
-        books.NewSegment(
-            chapter_index=chapter.index,
-            index=segment.index,
-            text=segment.text,
-            voice=chapter.voice,
-            is_title=segment.is_title,
-            pause_after_ms=segment.pause_after_ms,
-            cache_key=segment_cache_key(
-                model=prepared.model, voice=chapter.voice, speed=options.speed, text=segment.text
-            ),
-        )
+        segment
         for chapter in prepared.plan.chapters
-        for segment in chapter.segments
+        for segment in segment_rows(chapter, model=prepared.model, speed=options.speed)
     ]
     try:
         books.create_book(session, book=book, chapters=chapters, segments=segments)

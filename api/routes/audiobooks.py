@@ -26,6 +26,7 @@ from api.audiobook_submission import (
     quote_of,
     read_request,
     segment_limit,
+    segment_rows,
     submit_book,
 )
 from api.deps import CurrentKey, Principal, SessionDep, StateDep
@@ -40,9 +41,8 @@ from storage.db import get_sessionmaker
 from storage.models import utcnow
 from worker import webhooks
 from worker.audiobook.dispatch import dispatch
-from worker.audiobook.plan import ChapterInput, plan_chapter
+from worker.audiobook.plan import DEFAULT_PARAGRAPH_PAUSE_MS, ChapterInput, plan_chapter
 from worker.audiobook.progress import advance, end_book_event
-from worker.audiobook.segments import segment_cache_key
 
 log = logging.getLogger(__name__)
 
@@ -236,23 +236,12 @@ def rerender_chapter(
             ChapterInput(title, text, voice),
             limit=segment_limit(state, book.model),
             read_titles=bool(book.options.get("read_titles", True)),
-            paragraph_pause_ms=int(book.options.get("paragraph_pause_ms", 600)),
+            paragraph_pause_ms=int(
+                book.options.get("paragraph_pause_ms", DEFAULT_PARAGRAPH_PAUSE_MS)
+            ),
         )
         characters = planned.characters
-        segments = [
-            books.NewSegment(
-                chapter_index=index,
-                index=s.index,
-                text=s.text,
-                voice=voice,
-                is_title=s.is_title,
-                pause_after_ms=s.pause_after_ms,
-                cache_key=segment_cache_key(
-                    model=book.model, voice=voice, speed=book.speed, text=s.text
-                ),
-            )
-            for s in planned.segments
-        ]
+        segments = segment_rows(planned, model=book.model, speed=book.speed)
     if not books.rerender_chapter(
         session,
         book=book,
