@@ -222,15 +222,30 @@ def progress_of(session: Session, *, book_id: str) -> Progress:
     )
 
 
+def _chapter_version(book_id: str, index: int, version: int) -> list[Any]:
+    return [
+        AudiobookChapter.book_id == book_id,
+        AudiobookChapter.index == index,
+        AudiobookChapter.version == version,
+    ]
+
+
+def _segments_of(book_id: str, index: int, version: int) -> list[Any]:
+    """The segments of one chapter version."""
+    return [
+        AudiobookSegment.book_id == book_id,
+        AudiobookSegment.chapter_index == index,
+        AudiobookSegment.version == version,
+    ]
+
+
 def chapter_progress(session: Session, *, book_id: str, index: int, version: int) -> dict[str, int]:
     """Segment counts by status for one chapter version."""
     return dict(
         session.execute(
             select(AudiobookSegment.status, func.count())
             .where(
-                AudiobookSegment.book_id == book_id,
-                AudiobookSegment.chapter_index == index,
-                AudiobookSegment.version == version,
+                *_segments_of(book_id, index, version),
             )
             .group_by(AudiobookSegment.status)
         ).all()
@@ -418,9 +433,7 @@ def segments_of_chapter(
         session.scalars(
             select(AudiobookSegment)
             .where(
-                AudiobookSegment.book_id == book_id,
-                AudiobookSegment.chapter_index == index,
-                AudiobookSegment.version == version,
+                *_segments_of(book_id, index, version),
             )
             .order_by(AudiobookSegment.index)
         )
@@ -482,9 +495,7 @@ def start_chapter_assembly(
         session.execute(
             update(AudiobookChapter)
             .where(
-                AudiobookChapter.book_id == book_id,
-                AudiobookChapter.index == index,
-                AudiobookChapter.version == version,
+                *_chapter_version(book_id, index, version),
                 AudiobookChapter.status.in_(OPEN_CHAPTER),
             )
             .values(status=ASSEMBLING, lease_expires_at=None)
@@ -500,9 +511,7 @@ def claim_chapter_assembly(
     claimed = session.execute(
         update(AudiobookChapter)
         .where(
-            AudiobookChapter.book_id == book_id,
-            AudiobookChapter.index == index,
-            AudiobookChapter.version == version,
+            *_chapter_version(book_id, index, version),
             AudiobookChapter.status == ASSEMBLING,
             or_(
                 AudiobookChapter.lease_expires_at.is_(None), AudiobookChapter.lease_expires_at < now
@@ -535,9 +544,7 @@ def complete_chapter(
         session.execute(
             update(AudiobookChapter)
             .where(
-                AudiobookChapter.book_id == book_id,
-                AudiobookChapter.index == index,
-                AudiobookChapter.version == version,
+                *_chapter_version(book_id, index, version),
                 AudiobookChapter.status == ASSEMBLING,
                 AudiobookChapter.assembly_runs == run,
             )
@@ -551,9 +558,7 @@ def fail_chapter(session: Session, *, book_id: str, index: int, version: int) ->
         session.execute(
             update(AudiobookChapter)
             .where(
-                AudiobookChapter.book_id == book_id,
-                AudiobookChapter.index == index,
-                AudiobookChapter.version == version,
+                *_chapter_version(book_id, index, version),
                 AudiobookChapter.status.in_((*OPEN_CHAPTER, ASSEMBLING)),
             )
             .values(status=FAILED, lease_expires_at=None)
