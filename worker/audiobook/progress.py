@@ -5,7 +5,7 @@ the same moment start each thing once."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -62,14 +62,13 @@ def advance(
                         session, book_id=book_id, index=row.index, version=row.version
                     )
                     row.status = books.FAILED
-            elif row.status == books.ASSEMBLING and republish:
-                lease = row.lease_expires_at
-                if lease is None or lease.replace(tzinfo=now.tzinfo) < now:
-                    chapters_to_publish.append((row.index, row.version))
+            elif (
+                row.status == books.ASSEMBLING and republish and _lapsed(row.lease_expires_at, now)
+            ):
+                chapters_to_publish.append((row.index, row.version))
         statuses = {row.status for row in chapters}
         if statuses == {books.SUCCEEDED}:
-            lease = book.lease_expires_at
-            if lease is None or lease.replace(tzinfo=now.tzinfo) < now:
+            if _lapsed(book.lease_expires_at, now):
                 book_round = book.round
         elif books.FAILED in statuses and not statuses & {*books.OPEN_CHAPTER, books.ASSEMBLING}:
             progress = books.progress_of(session, book_id=book_id)
@@ -90,6 +89,11 @@ def advance(
     if ended:
         events.job_ended(book_id)
         webhooks.publish_delivery(event)
+
+
+def _lapsed(lease_expires_at: datetime | None, now: datetime) -> bool:
+    """No run holds the lease (SQLite hands back naive UTC)."""
+    return lease_expires_at is None or lease_expires_at.replace(tzinfo=now.tzinfo) < now
 
 
 def end_book_event(session: Session, book_id: str) -> str | None:
