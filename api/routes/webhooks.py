@@ -3,11 +3,15 @@ job or an audiobook and their attempts; redelivery."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import APIRouter
+from sqlalchemy.orm import Session
 
 from api.deps import CurrentKey, SessionDep, StateDep
 from api.errors import ApiError
 from api.job_access import load
+from api.state import AppState
 from api.webhook_schemas import (
     WebhookDeliveriesPublic,
     WebhookDeliveryPublic,
@@ -16,6 +20,7 @@ from api.webhook_schemas import (
 from speechq.domain import TERMINAL_STATUSES
 from storage import audiobook_queries, webhook_queries
 from storage.audiobook_models import Audiobook
+from storage.webhook_models import WebhookDelivery
 from worker.webhooks import publish_delivery, redeliver_audiobook_event, redeliver_job_event
 
 router = APIRouter(tags=["webhooks"])
@@ -27,10 +32,7 @@ def list_job_webhooks(
 ) -> WebhookDeliveriesPublic:
     job = load(session, principal, job_id)
     rows = webhook_queries.deliveries_for_job(session, job_id=job.id)
-    attempts = webhook_queries.attempts_for_deliveries(session, delivery_ids=[r.id for r in rows])
-    return WebhookDeliveriesPublic(
-        data=[webhook_delivery_public(row, attempts[row.id]) for row in rows]
-    )
+    return _listing(session, rows)
 
 
 @router.post(
@@ -56,10 +58,7 @@ def redeliver_job_webhook(
         )
     row = redeliver_job_event(session, job=job)
     assert row is not None  # ended, with a webhook_url
-    session.commit()
-    publish_delivery(row.id, app=state.celery)
-    attempts = webhook_queries.attempts_for_deliveries(session, delivery_ids=[row.id])
-    return webhook_delivery_public(row, attempts[row.id])
+    return _sent_again(state, session, row)
 
 
 def _book(session: SessionDep, principal: CurrentKey, book_id: str) -> Audiobook:
@@ -76,10 +75,7 @@ def list_audiobook_webhooks(
     """One delivery per end of the book (a retry or a re-render ends it again)."""
     book = _book(session, principal, book_id)
     rows = webhook_queries.deliveries_for_audiobook(session, audiobook_id=book.id)
-    attempts = webhook_queries.attempts_for_deliveries(session, delivery_ids=[r.id for r in rows])
-    return WebhookDeliveriesPublic(
-        data=[webhook_delivery_public(row, attempts[row.id]) for row in rows]
-    )
+    return _listing(session, rows)
 
 
 @router.post(
@@ -108,6 +104,18 @@ def redeliver_audiobook_webhook(
         )
     row = redeliver_audiobook_event(session, book=book)
     assert row is not None  # ended, with a webhook_url
+    return _sent_again(state, session, row)
+
+
+def _listing(session: Session, rows: Sequence[WebhookDelivery]) -> WebhookDeliveriesPublic:
+    attempts = webhook_queries.attempts_for_deliveries(session, delivery_ids=[r.id for r in rows])
+    return WebhookDeliveriesPublic(
+        data=[webhook_delivery_public(row, attempts[row.id]) for row in rows]
+    )
+
+
+def _sent_again(state: AppState, session: Session, row: WebhookDelivery) -> WebhookDeliveryPublic:
+    """Commit the restarted delivery, then publish it (the worker must see the restart)."""
     session.commit()
     publish_delivery(row.id, app=state.celery)
     attempts = webhook_queries.attempts_for_deliveries(session, delivery_ids=[row.id])
