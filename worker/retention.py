@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from speechq.domain import JobStatus
+from speechq.domain import TERMINAL_STATUSES
 from storage.audiobook_models import Audiobook, SegmentCacheEntry
 from storage.db import session_scope
 from storage.models import Job, utcnow
@@ -19,6 +19,7 @@ __all__ = ["expire_results", "expire_audiobooks"]
 
 log = logging.getLogger(__name__)
 BATCH = 200
+_ENDED = [status.value for status in TERMINAL_STATUSES]
 
 
 def expire_results(database_url: str, store: ObjectStore, *, limit: int = BATCH) -> int:
@@ -27,9 +28,7 @@ def expire_results(database_url: str, store: ObjectStore, *, limit: int = BATCH)
         due = session.scalars(
             select(Job)
             .where(
-                Job.status.in_(
-                    [JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.canceled.value]
-                ),
+                Job.status.in_(_ENDED),
                 Job.expires_at.is_not(None),
                 Job.expires_at < utcnow(),
             )
@@ -62,9 +61,7 @@ def expire_audiobooks(
         due = session.scalars(
             select(Audiobook)
             .where(
-                Audiobook.status.in_(
-                    [JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.canceled.value]
-                ),
+                Audiobook.status.in_(_ENDED),
                 Audiobook.expires_at.is_not(None),
                 Audiobook.expires_at < now,
             )
