@@ -42,6 +42,13 @@ def wait_for_book(client: httpx.Client, book_id: str, timeout_s: float = 120) ->
             raise AssertionError(f"audiobook {book_id} still {book['status']}: {book}")
 
 
+def wait_until_running(client: httpx.Client, book_id: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.get(f"/v1/audiobooks/{book_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline, "the book never started"
+        time.sleep(0.1)
+
+
 def billed(stack: Stack, book_id: str) -> int:
     with stack.db_session() as session:
         return int(
@@ -287,10 +294,7 @@ def test_a_worker_killed_mid_book_finishes_it_without_billing_twice(stack: Stack
             "/v1/audiobooks",
             json={"title": "K", "model": "slow-tts", "chapters": chapters, "read_titles": False},
         ).json()
-        deadline = time.monotonic() + 30
-        while client.get(f"/v1/audiobooks/{book['id']}").json()["status"] != "running":
-            assert time.monotonic() < deadline, "the book never started"
-            time.sleep(0.1)
+        wait_until_running(client, book["id"])
         time.sleep(1)  # segments are at the (slow) provider
         for name in [n for n in stack.processes if n.startswith("worker")]:
             stack.stop(name, signal.SIGKILL)
@@ -322,10 +326,7 @@ def test_a_big_book_does_not_hold_up_a_single_job(stack: Stack) -> None:
             "/v1/audiobooks",
             json={"title": "Big", "model": "slow-tts", "chapters": chapters, "read_titles": False},
         ).json()
-        deadline = time.monotonic() + 30
-        while client.get(f"/v1/audiobooks/{book['id']}").json()["status"] != "running":
-            assert time.monotonic() < deadline, "the book never started"
-            time.sleep(0.1)
+        wait_until_running(client, book["id"])
         job = client.post("/v1/jobs/speech", json={"model": "local-tts", "input": "Me first."})
         done = stack.wait_for_job(client, job.json()["id"], timeout_s=60)
         meanwhile = client.get(f"/v1/audiobooks/{book['id']}").json()
