@@ -31,11 +31,11 @@ from speechq.transcripts import render_transcript
 from storage import queries
 from storage.counters import Counters
 from storage.db import session_scope
-from storage.models import ApiKey, Job, UsageRecord, utcnow
+from storage.models import Job, UsageRecord, utcnow
 from storage.objects import ObjectStore, tenant_key
 from worker import audio, webhooks
 from worker.audio_join import join_speech, to_pcm
-from worker.budget import BudgetExceeded, Guard, budget_guard
+from worker.budget import BudgetExceeded, Guard, budget_guard, key_facts
 from worker.lease import LeaseKeeper
 from worker.providers import get_provider
 from worker.providers.base import (
@@ -119,7 +119,7 @@ class JobRunner:
     def _run_claimed(self, job: _Claimed) -> str:
         attempts = _AttemptLog(self.db_url, job.id)
         router = Router(self.registry, self.counters, on_attempt=attempts.add)
-        key = self._key_facts(job)
+        key = key_facts(self.db_url, job.key_id)
         guard = self._budget_guard(job, key.budget_usd)
         try:
             if job.type == "speech":
@@ -417,15 +417,6 @@ class JobRunner:
         webhooks.publish_delivery(event)
         return JobStatus.failed.value if failed else JobStatus.canceled.value
 
-    def _key_facts(self, job: _Claimed) -> _KeyFacts:
-        if job.key_id is None:
-            return _KeyFacts(None, ())
-        with session_scope(self.db_url) as session:
-            key = session.get(ApiKey, job.key_id)
-            if key is None:
-                return _KeyFacts(None, ())
-            return _KeyFacts(key.budget_usd, tuple(key.guardrails or ()))
-
     def _output_screen(self, job: _Claimed, selected: tuple[str, ...]) -> Callable[[str], str]:
         """Transcript text through the output-stage guardrails (mask or block)."""
         model = self.registry.resolve(job.model) or job.model
@@ -454,12 +445,6 @@ class JobRunner:
         with session_scope(self.db_url) as session:
             row = queries.get_job(session, job_id=job.id, tenant=None)
             return row is None or row.status != JobStatus.running.value or row.runs != job.run
-
-
-@dataclass(frozen=True)
-class _KeyFacts:
-    budget_usd: float | None
-    guardrails: tuple[str, ...]
 
 
 class _AttemptLog:

@@ -21,11 +21,11 @@ from storage import audiobook_queries as books
 from storage.audiobook_models import Audiobook
 from storage.counters import Counters
 from storage.db import session_scope
-from storage.models import ApiKey, UsageRecord, utcnow
+from storage.models import UsageRecord, utcnow
 from storage.objects import ObjectStore, tenant_key
 from worker import audio
 from worker.audio_join import to_pcm
-from worker.budget import BudgetExceeded, Guard, budget_guard
+from worker.budget import BudgetExceeded, Guard, budget_guard, key_facts
 from worker.lease import SegmentLease
 from worker.providers.base import Deployment, SpeechProvider, SynthesisRequest, SynthesisResult
 from worker.providers.errors import InvalidInput, ProviderUnavailable
@@ -242,15 +242,10 @@ class SegmentRunner:
         return books.FAILED if failed else books.CANCELED
 
     def _guard(self, seg: _Claimed) -> Guard:
-        key_budget = None
-        if seg.key_id is not None:
-            with session_scope(self.db_url) as session:
-                key = session.get(ApiKey, seg.key_id)
-                key_budget = key.budget_usd if key is not None else None
         return budget_guard(
             self.db_url,
             key_id=seg.key_id,
-            key_budget=key_budget,
+            key_budget=key_facts(self.db_url, seg.key_id).budget_usd,
             tenant=seg.tenant,
             user=seg.user,
             user_budget=self.registry.end_user_budget(seg.user),
