@@ -130,6 +130,7 @@ class Router:
         sleep: Callable[[float], None] = time.sleep,
         provider_factory: Callable[[Deployment], SpeechProvider] = get_provider,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
         self.state = state
@@ -138,6 +139,9 @@ class Router:
         self.sleep = sleep
         self.provider_factory = provider_factory
         self.rng = rng or random.Random()
+        # Wall time, for the per-minute rpm windows (a test pins it: a window may not roll
+        # over in the middle of a case).
+        self.clock = clock
 
     # --- choosing ---------------------------------------------------------------------
 
@@ -162,7 +166,7 @@ class Router:
         deployments = list(self.registry.deployments_for(model))
         count = len(deployments)
         metric = _STRATEGY_METRIC.get(self.settings.routing_strategy)
-        minute = int(time.time() // 60)
+        minute = int(self.clock() // 60)
         # Everything the order depends on, in one round trip to the shared state.
         keys = [f"cooldown:{d.id}" for d in deployments]
         keys += [f"rpm:{d.id}:{minute}" for d in deployments]
@@ -265,7 +269,7 @@ class Router:
         self, deployment: Deployment, fn: Callable[[SpeechProvider, Deployment], T]
     ) -> RoutedResult[T]:
         if deployment.params.get("rpm"):
-            self._incr(f"rpm:{deployment.id}:{int(time.time() // 60)}", 1, 120)
+            self._incr(f"rpm:{deployment.id}:{int(self.clock() // 60)}", 1, 120)
         self._incr(f"busy:{deployment.id}", 1, BUSY_TTL_S)
         started = time.perf_counter()
         try:

@@ -86,6 +86,14 @@ class Stack:
         for name in list(self.processes):
             self.stop(name)
 
+    def assert_running(self) -> None:
+        """Fail now, with its log, if a process of the stack died (a test that stops one on
+        purpose uses `stop`, which forgets it)."""
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                tail = self.logs[name].read_text(errors="replace")[-4000:]
+                raise AssertionError(f"{name} exited with {proc.returncode}:\n{tail}")
+
     def wait_for_job(
         self, client: httpx.Client, job_id: str, timeout_s: float = 60
     ) -> dict[str, Any]:
@@ -94,8 +102,21 @@ class Stack:
             job = client.get(f"/v1/jobs/{job_id}", params={"wait": 10}).json()
             if job["status"] in ("succeeded", "failed", "canceled"):
                 return job
+            self.assert_running()
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} still {job['status']} after {timeout_s}s")
+
+    def wait_for_book(
+        self, client: httpx.Client, book_id: str, timeout_s: float = 120
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            book = client.get(f"/v1/audiobooks/{book_id}", params={"wait": 10}).json()
+            if book["status"] in ("succeeded", "failed", "canceled"):
+                return book
+            self.assert_running()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"audiobook {book_id} still {book['status']}: {book}")
 
     def make_key(self, **body: Any) -> dict[str, Any]:
         with self.client() as client:

@@ -10,7 +10,6 @@ import signal
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import av
 import httpx
@@ -30,16 +29,6 @@ THREE_CHAPTERS = [
     {"title": "The Market", "text": "Fish were sold by noon. The square was loud."},
     {"title": "The Evening", "text": "Lamps were lit along the quay.\n\nThen it was quiet."},
 ]
-
-
-def wait_for_book(client: httpx.Client, book_id: str, timeout_s: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        book = client.get(f"/v1/audiobooks/{book_id}", params={"wait": 10}).json()
-        if book["status"] in ("succeeded", "failed", "canceled"):
-            return book
-        if time.monotonic() > deadline:
-            raise AssertionError(f"audiobook {book_id} still {book['status']}: {book}")
 
 
 def wait_until_running(client: httpx.Client, book_id: str, timeout_s: float = 30) -> None:
@@ -65,7 +54,7 @@ def test_three_chapter_book_becomes_an_m4b_with_chapter_markers(
             json={"title": "Harbor Days", "model": "local-tts", "chapters": THREE_CHAPTERS},
         )
         assert created.status_code == 202, created.text
-        book = wait_for_book(client, created.json()["id"])
+        book = stack.wait_for_book(client, created.json()["id"])
         assert book["status"] == "succeeded", book
         progress = book["progress"]
         assert progress["chapters_total"] == progress["chapters_done"] == 3
@@ -147,7 +136,7 @@ def test_an_uploaded_epub_is_read_in_spine_order(stack: Stack) -> None:
             files=files,
         )
         assert created.status_code == 202, created.text
-        book = wait_for_book(client, created.json()["id"])
+        book = stack.wait_for_book(client, created.json()["id"])
     assert book["status"] == "succeeded", book
     assert book["title"] == "A Small Epub"
     assert [c["title"] for c in book["chapters"]] == ["Part 1", "Part 2"]
@@ -225,7 +214,7 @@ def test_retry_runs_only_the_failed_segments(stack: Stack, scripted_openai: Scri
                 "read_titles": False,
             },
         ).json()
-        failed = wait_for_book(client, first["id"])
+        failed = stack.wait_for_book(client, first["id"])
         assert failed["status"] == "failed", failed
         assert failed["error"]["code"] == "provider_error"
         assert failed["progress"]["segments_failed"] == 2
@@ -236,7 +225,7 @@ def test_retry_runs_only_the_failed_segments(stack: Stack, scripted_openai: Scri
             scripted_openai.heal("down-until-healed", chapter["text"])
         retried = client.post(f"/v1/audiobooks/{first['id']}/retry")
         assert retried.status_code == 200, retried.text
-        done = wait_for_book(client, first["id"])
+        done = stack.wait_for_book(client, first["id"])
         assert done["status"] == "succeeded", done
         assert billed(stack, first["id"]) == 2
         calls_after = [scripted_openai.count("down-until-healed", c["text"]) for c in chapters]
@@ -255,7 +244,7 @@ def test_rerender_one_chapter_pays_only_for_what_changed(stack: Stack, tmp_path:
         book = client.post(
             "/v1/audiobooks", json={"title": "Re", "model": "local-tts", "chapters": chapters}
         ).json()
-        done = wait_for_book(client, book["id"])
+        done = stack.wait_for_book(client, book["id"])
         assert done["status"] == "succeeded", done
         assert billed(stack, book["id"]) == 4
         old_chapter = client.get(done["chapters"][1]["content_url"]).content
@@ -267,7 +256,7 @@ def test_rerender_one_chapter_pays_only_for_what_changed(stack: Stack, tmp_path:
         )
         assert rerender.status_code == 200, rerender.text
         assert rerender.json()["status"] == "running"
-        again = wait_for_book(client, book["id"])
+        again = stack.wait_for_book(client, book["id"])
         assert again["status"] == "succeeded", again
         # The title segment came from the cache; only the new text was synthesized.
         assert billed(stack, book["id"]) == 5
@@ -282,7 +271,7 @@ def test_rerender_one_chapter_pays_only_for_what_changed(stack: Stack, tmp_path:
             f"/v1/audiobooks/{book['id']}/chapters/0/rerender", json={"voice": "alloy"}
         )
         assert voiced.status_code == 200, voiced.text
-        assert wait_for_book(client, book["id"])["status"] == "succeeded"
+        assert stack.wait_for_book(client, book["id"])["status"] == "succeeded"
 
 
 def test_a_worker_killed_mid_book_finishes_it_without_billing_twice(stack: Stack) -> None:
@@ -306,7 +295,7 @@ def test_a_worker_killed_mid_book_finishes_it_without_billing_twice(stack: Stack
             "--hostname",
             f"wb-{stack.kind}@%h",
         )
-        done = wait_for_book(client, book["id"], timeout_s=150)
+        done = stack.wait_for_book(client, book["id"], timeout_s=150)
     assert done["status"] == "succeeded", done
     with stack.db_session() as session:
         runs = session.scalars(
@@ -368,7 +357,7 @@ def test_chosen_chapters_voices_and_a_markdown_upload(
                 "read_titles": False,
             },
         ).json()
-        done = wait_for_book(client, book["id"])
+        done = stack.wait_for_book(client, book["id"])
         assert done["status"] == "succeeded", done
         assert [c["voice"] for c in done["chapters"]] == ["alloy", "nova", "echo"]
         markdown = (
@@ -432,7 +421,7 @@ def test_an_expired_book_is_deleted_and_answers_410(stack: Stack) -> None:
             "/v1/audiobooks",
             json={"title": "Brief", "model": "local-tts", "text": f"Soon gone, {stack.kind}."},
         ).json()
-        done = wait_for_book(client, book["id"])
+        done = stack.wait_for_book(client, book["id"])
         assert done["status"] == "succeeded", done
         prefix = f"tenants/admin/audiobooks/{book['id']}"
         assert stack.stored_keys(prefix)

@@ -364,6 +364,7 @@ def test_rpm_limit_moves_traffic_to_the_next_deployment(state: Counters) -> None
         }
     )
     router = make_router(state, registry)
+    router.clock = lambda: 1_800_000_000.0  # one rpm window for the whole case
     used = [router.call("tts", lambda p, d: d.model).value for _ in range(4)]
     assert used[:2] == ["a", "a"]
     assert used[2:] == ["b", "b"]
