@@ -38,6 +38,22 @@ def wait_until_running(client: httpx.Client, book_id: str, timeout_s: float = 30
         time.sleep(0.1)
 
 
+def wait_for_a_segment_at_the_provider(stack: Stack, book_id: str, timeout_s: float = 30) -> None:
+    """A segment is `running` from its claim to its end; the slow fake holds it for seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with stack.db_session() as session:
+            running = session.scalar(
+                select(func.count()).where(
+                    AudiobookSegment.book_id == book_id, AudiobookSegment.status == "running"
+                )
+            )
+        if running:
+            return
+        assert time.monotonic() < deadline, "no segment started"
+        time.sleep(0.1)
+
+
 def billed(stack: Stack, book_id: str) -> int:
     with stack.db_session() as session:
         return int(
@@ -284,7 +300,7 @@ def test_a_worker_killed_mid_book_finishes_it_without_billing_twice(stack: Stack
             json={"title": "K", "model": "slow-tts", "chapters": chapters, "read_titles": False},
         ).json()
         wait_until_running(client, book["id"])
-        time.sleep(1)  # segments are at the (slow) provider
+        wait_for_a_segment_at_the_provider(stack, book["id"])
         for name in [n for n in stack.processes if n.startswith("worker")]:
             stack.stop(name, signal.SIGKILL)
         stack.start(
