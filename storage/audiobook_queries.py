@@ -33,7 +33,9 @@ __all__ = [
     "get_book",
     "list_books",
     "chapters_of",
+    "chapters_of_books",
     "progress_of",
+    "progress_of_books",
     "chapter_progress",
     "lock_dispatch",
     "in_flight_count",
@@ -55,7 +57,7 @@ __all__ = [
     "cancel_book",
     "retry_book",
     "rerender_chapter",
-    "usage_of_book",
+    "usage_of_books",
     "books_in_progress",
     "segments_to_republish",
     "reclaim_segments",
@@ -178,48 +180,62 @@ def list_books(
 
 
 def chapters_of(session: Session, *, book_id: str) -> list[AudiobookChapter]:
-    return list(
-        session.scalars(
-            select(AudiobookChapter)
-            .where(AudiobookChapter.book_id == book_id)
-            .order_by(AudiobookChapter.index)
-            .execution_options(populate_existing=True)
-        )
+    return chapters_of_books(session, book_ids=[book_id])[book_id]
+
+
+def chapters_of_books(
+    session: Session, *, book_ids: Sequence[str]
+) -> dict[str, list[AudiobookChapter]]:
+    """Each book's chapters in order, in one query for a page of books."""
+    found: dict[str, list[AudiobookChapter]] = {book_id: [] for book_id in book_ids}
+    rows = session.scalars(
+        select(AudiobookChapter)
+        .where(AudiobookChapter.book_id.in_(book_ids))
+        .order_by(AudiobookChapter.book_id, AudiobookChapter.index)
+        .execution_options(populate_existing=True)
     )
+    for chapter in rows:
+        found[chapter.book_id].append(chapter)
+    return found
 
 
-def _current_segments() -> Any:
-    """Segments of each chapter's current version (a re-render supersedes the others)."""
-    return (
-        select(AudiobookSegment.status, func.count())
+def progress_of(session: Session, *, book_id: str) -> Progress:
+    return progress_of_books(session, book_ids=[book_id])[book_id]
+
+
+def progress_of_books(session: Session, *, book_ids: Sequence[str]) -> dict[str, Progress]:
+    """Chapter and segment counts of each book (a re-render's superseded segments left
+    out), in two queries for a page of books."""
+    segments: dict[str, dict[str, int]] = {book_id: {} for book_id in book_ids}
+    for book_id, status, count in session.execute(
+        select(AudiobookSegment.book_id, AudiobookSegment.status, func.count())
         .join(
             AudiobookChapter,
             (AudiobookChapter.book_id == AudiobookSegment.book_id)
             & (AudiobookChapter.index == AudiobookSegment.chapter_index)
             & (AudiobookChapter.version == AudiobookSegment.version),
         )
-        .group_by(AudiobookSegment.status)
-    )
-
-
-def progress_of(session: Session, *, book_id: str) -> Progress:
-    counts = dict(
-        session.execute(_current_segments().where(AudiobookSegment.book_id == book_id)).all()
-    )
-    chapter_counts = dict(
-        session.execute(
-            select(AudiobookChapter.status, func.count())
-            .where(AudiobookChapter.book_id == book_id)
-            .group_by(AudiobookChapter.status)
-        ).all()
-    )
-    return Progress(
-        chapters_total=sum(chapter_counts.values()),
-        chapters_done=chapter_counts.get(SUCCEEDED, 0),
-        segments_total=sum(counts.values()),
-        segments_done=counts.get(SUCCEEDED, 0),
-        segments_failed=counts.get(FAILED, 0),
-    )
+        .where(AudiobookSegment.book_id.in_(book_ids))
+        .group_by(AudiobookSegment.book_id, AudiobookSegment.status)
+    ):
+        segments[book_id][status] = count
+    chapters: dict[str, dict[str, int]] = {book_id: {} for book_id in book_ids}
+    for book_id, status, count in session.execute(
+        select(AudiobookChapter.book_id, AudiobookChapter.status, func.count())
+        .where(AudiobookChapter.book_id.in_(book_ids))
+        .group_by(AudiobookChapter.book_id, AudiobookChapter.status)
+    ):
+        chapters[book_id][status] = count
+    return {
+        book_id: Progress(
+            chapters_total=sum(chapters[book_id].values()),
+            chapters_done=chapters[book_id].get(SUCCEEDED, 0),
+            segments_total=sum(segments[book_id].values()),
+            segments_done=segments[book_id].get(SUCCEEDED, 0),
+            segments_failed=segments[book_id].get(FAILED, 0),
+        )
+        for book_id in book_ids
+    }
 
 
 def _chapter_version(book_id: str, index: int, version: int) -> list[Any]:
@@ -767,17 +783,22 @@ def rerender_chapter(
     return True
 
 
-def usage_of_book(session: Session, *, book_id: str) -> dict[str, Any] | None:
-    characters, cost, count = session.execute(
+def usage_of_books(
+    session: Session, *, book_ids: Sequence[str]
+) -> dict[str, dict[str, Any] | None]:
+    """What each book's provider calls cost (None before the first), in one query."""
+    found: dict[str, dict[str, Any] | None] = dict.fromkeys(book_ids)
+    for book_id, characters, cost in session.execute(
         select(
+            UsageRecord.audiobook_id,
             func.coalesce(func.sum(UsageRecord.characters), 0),
             func.coalesce(func.sum(UsageRecord.cost_usd), 0.0),
-            func.count(UsageRecord.id),
-        ).where(UsageRecord.audiobook_id == book_id)
-    ).one()
-    if not count:
-        return None
-    return {"characters": int(characters), "cost_usd": round(float(cost), 6)}
+        )
+        .where(UsageRecord.audiobook_id.in_(book_ids))
+        .group_by(UsageRecord.audiobook_id)
+    ):
+        found[book_id] = {"characters": int(characters), "cost_usd": round(float(cost), 6)}
+    return found
 
 
 # --- the sweeper --------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from api.audiobook_schemas import (
     AudiobooksPublic,
     ChapterRerender,
     audiobook_public,
+    audiobooks_public,
 )
 from api.audiobook_submission import (
     BookRequest,
@@ -131,7 +132,7 @@ def list_audiobooks(
         limit=limit,
         after=after,
     )
-    data = [audiobook_public(session, row) for row in rows]
+    data = audiobooks_public(session, rows)
     return AudiobooksPublic(
         data=data, has_more=has_more, next_after=data[-1].id if has_more else None
     )

@@ -203,3 +203,74 @@ def test_a_taken_back_segment_cannot_finish_or_bill_and_gets_worker_lost(databas
         assert row.error is not None and row.error["code"] == "worker_lost"
         assert session.scalar(select(UsageRecord.id)) is None
         session.commit()
+
+
+def test_a_page_of_books_is_read_in_a_fixed_number_of_queries(database_url: str) -> None:
+    from sqlalchemy import event
+
+    from api.audiobook_schemas import audiobook_public, audiobooks_public
+
+    session_factory = get_sessionmaker(database_url)
+    with session_factory() as session:
+        for book_id, segments in (("book_a", 3), ("book_b", 2), ("book_c", 1)):
+            _book(session, segments, book_id=book_id)
+        first_a, second_a = session.scalars(
+            select(AudiobookSegment.id)
+            .where(AudiobookSegment.book_id == "book_a")
+            .order_by(AudiobookSegment.id)
+            .limit(2)
+        ).all()
+        session.execute(
+            update(AudiobookSegment)
+            .where(AudiobookSegment.id == first_a)
+            .values(status="succeeded")
+        )
+        session.execute(
+            update(AudiobookSegment).where(AudiobookSegment.id == second_a).values(status="failed")
+        )
+        session.add(
+            UsageRecord(
+                audiobook_id="book_a",
+                call_key="segment-a",
+                tenant="t1",
+                provider="p",
+                deployment="d",
+                model="m",
+                provider_model="m",
+                characters=6,
+                cost_usd=0.01,
+            )
+        )
+        session.commit()
+        rows = [books.get_book(session, book_id=b, tenant=None) for b in ("book_a", "book_b")]
+        page = [row for row in rows if row is not None]
+
+        statements: list[str] = []
+        engine = session.get_bind()
+        listener = lambda *args: statements.append(args[2])  # noqa: E731
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            listed = audiobooks_public(session, page)
+            reads_for_two = len(statements)
+            statements.clear()
+            audiobooks_public(
+                session, [*page, books.get_book(session, book_id="book_c", tenant=None)]
+            )
+            reads_for_three = len(statements) - 1  # the get_book above
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+
+        assert reads_for_two == reads_for_three == 4
+        # The same objects as reading each book alone.
+        assert listed == [audiobook_public(session, book) for book in page]
+    a, b = listed
+    assert (a.progress.segments_total, a.progress.segments_done, a.progress.segments_failed) == (
+        3,
+        1,
+        1,
+    )
+    assert (b.progress.segments_total, b.progress.segments_done) == (2, 0)
+    assert a.progress.chapters_total == b.progress.chapters_total == 1
+    assert a.usage is not None and a.usage.cost_usd == 0.01 and a.usage.characters == 6
+    assert b.usage is None
+    assert [c.index for c in a.chapters] == [0]
