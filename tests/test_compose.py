@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_PATH = ROOT / "docker-compose.yml"
 ENV_EXAMPLE_PATH = ROOT / ".env.example"
 
-PROJECT_SERVICES = ("api", "worker", "beat", "migrate")
+PROJECT_SERVICES = ("api", "worker", "audiobook-worker", "beat", "migrate")
+WORKERS = ("worker", "audiobook-worker")
 BACKING_SERVICES = ("postgres", "redis", "minio", "minio-init")
 # Long-running services that must not start before the schema and the bucket exist.
-WAITS_FOR_MIGRATE = ("api", "worker", "beat")
+WAITS_FOR_MIGRATE = ("api", *WORKERS, "beat")
 DUMMY_PREFIX = "test-value-for-"
 
 _INTERPOLATION = re.compile(
@@ -187,6 +188,17 @@ def test_project_services_build_one_image(services: dict[str, dict[str, Any]]) -
         assert "entrypoint" not in services[name], "the image's entrypoint is `speechq`"
 
 
+def test_workers_consume_every_queue_once(services: dict[str, dict[str, Any]]) -> None:
+    from worker.celery_app import celery_app
+
+    declared = sorted(queue.name for queue in celery_app.conf.task_queues)
+    parsed = {name: build_parser().parse_args(command_of(services[name])) for name in WORKERS}
+    consumed = sorted(q for args in parsed.values() for q in args.queues.split(","))
+    assert consumed == declared  # none left unread, none read by both
+    books = parsed["audiobook-worker"]
+    assert books.queues == "audiobook" and books.pool == "threads"
+
+
 @pytest.mark.parametrize("name", PROJECT_SERVICES)
 def test_project_service_command_parses(name: str, services: dict[str, dict[str, Any]]) -> None:
     command = command_of(services[name])
@@ -195,7 +207,7 @@ def test_project_service_command_parses(name: str, services: dict[str, dict[str,
     except SystemExit as exc:
         message = f"`speechq {shlex.join(command)}` ({name}) is rejected by the CLI: {exc}"
         pytest.fail(message, pytrace=False)
-    assert args.command == name
+    assert args.command == ("worker" if name in WORKERS else name)
 
 
 def test_api_listens_on_its_published_port(services: dict[str, dict[str, Any]]) -> None:
@@ -274,7 +286,7 @@ def test_service_waits_for_migrate(name: str, services: dict[str, dict[str, Any]
     assert depends_on.get("redis") == "service_healthy"
 
 
-@pytest.mark.parametrize("name", ("api", "worker"))
+@pytest.mark.parametrize("name", ("api", *WORKERS))
 def test_service_waits_for_bucket(name: str, services: dict[str, dict[str, Any]]) -> None:
     assert depends_on_of(services[name]).get("minio-init") == "service_completed_successfully"
 
