@@ -78,6 +78,8 @@ def test_three_chapter_book_becomes_an_m4b_with_chapter_markers(
         assert progress["segments_failed"] == 0
         assert [c["title"] for c in book["chapters"]] == [c["title"] for c in THREE_CHAPTERS]
         assert book["result"]["content_type"] == "audio/mp4"
+        listed = client.get("/v1/audiobooks", params={"status": "succeeded", "limit": 100})
+        assert [b for b in listed.json()["data"] if b["id"] == book["id"]] == [book]
         m4b = client.get(book["result"]["content_url"])
         assert m4b.status_code == 200
         assert m4b.headers["content-type"] == "audio/mp4"
