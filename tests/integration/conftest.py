@@ -97,26 +97,22 @@ class Stack:
     def wait_for_job(
         self, client: httpx.Client, job_id: str, timeout_s: float = 60
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            job = client.get(f"/v1/jobs/{job_id}", params={"wait": 10}).json()
-            if job["status"] in ("succeeded", "failed", "canceled"):
-                return job
-            self.assert_running()
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} still {job['status']} after {timeout_s}s")
+        return self._wait_for_end(client, f"/v1/jobs/{job_id}", timeout_s)
 
     def wait_for_book(
         self, client: httpx.Client, book_id: str, timeout_s: float = 120
     ) -> dict[str, Any]:
+        return self._wait_for_end(client, f"/v1/audiobooks/{book_id}", timeout_s)
+
+    def _wait_for_end(self, client: httpx.Client, path: str, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
-            book = client.get(f"/v1/audiobooks/{book_id}", params={"wait": 10}).json()
-            if book["status"] in ("succeeded", "failed", "canceled"):
-                return book
+            found = client.get(path, params={"wait": 10}).json()
+            if found["status"] in ("succeeded", "failed", "canceled"):
+                return found
             self.assert_running()
             if time.monotonic() > deadline:
-                raise AssertionError(f"audiobook {book_id} still {book['status']}: {book}")
+                raise AssertionError(f"{path} still {found['status']} after {timeout_s}s: {found}")
 
     def make_key(self, **body: Any) -> dict[str, Any]:
         with self.client() as client:

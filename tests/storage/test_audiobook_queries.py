@@ -87,6 +87,21 @@ def _book(session: Session, segments: int, book_id: str = "book_a") -> None:
     session.commit()
 
 
+def _usage(book_id: str, call_key: str) -> UsageRecord:
+    """A provider call of 6 characters that cost a cent."""
+    return UsageRecord(
+        audiobook_id=book_id,
+        call_key=call_key,
+        tenant="t1",
+        provider="p",
+        deployment="d",
+        model="m",
+        provider_model="m",
+        characters=6,
+        cost_usd=0.01,
+    )
+
+
 def _statuses(session: Session) -> list[str]:
     return list(session.scalars(select(AudiobookSegment.status).order_by(AudiobookSegment.id)))
 
@@ -176,17 +191,7 @@ def test_a_taken_back_segment_cannot_finish_or_bill_and_gets_worker_lost(databas
         assert (requeued, lost) == ([segment_id], [])
         second = books.claim_segment(session, segment_id=segment_id, lease_seconds=60)
         assert second is not None and second.runs == run_one + 1
-        usage = UsageRecord(
-            audiobook_id="book_a",
-            call_key=f"segment-{segment_id}",
-            tenant="t1",
-            provider="p",
-            deployment="d",
-            model="m",
-            provider_model="m",
-            characters=6,
-            cost_usd=0.01,
-        )
+        usage = _usage("book_a", f"segment-{segment_id}")
         # The stalled first run wakes up: it can neither finish nor bill.
         assert not books.finish_segment(
             session, segment_id=segment_id, run=run_one, cached=False, usage=usage
@@ -228,19 +233,7 @@ def test_a_page_of_books_is_read_in_a_fixed_number_of_queries(database_url: str)
         session.execute(
             update(AudiobookSegment).where(AudiobookSegment.id == second_a).values(status="failed")
         )
-        session.add(
-            UsageRecord(
-                audiobook_id="book_a",
-                call_key="segment-a",
-                tenant="t1",
-                provider="p",
-                deployment="d",
-                model="m",
-                provider_model="m",
-                characters=6,
-                cost_usd=0.01,
-            )
-        )
+        session.add(_usage("book_a", "segment-a"))
         session.commit()
         rows = [books.get_book(session, book_id=b, tenant=None) for b in ("book_a", "book_b")]
         page = [row for row in rows if row is not None]
