@@ -1,4 +1,4 @@
-"""Leases of running work (a job, an audiobook segment): pushed forward by a heartbeat
+"""Leases of running work (a job, an audiobook segment or assembly): pushed forward by a heartbeat
 while its worker lives, so work whose worker died (SIGKILL, OOM, a lost machine) is taken
 back by the sweeper within one lease, and live work, however long, never is."""
 
@@ -14,11 +14,12 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from speechq.domain import JobStatus
-from storage.audiobook_models import AudiobookSegment
+from storage import audiobook_queries as books
+from storage.audiobook_models import Audiobook, AudiobookChapter, AudiobookSegment
 from storage.db import session_scope
 from storage.models import Job, utcnow
 
-__all__ = ["Heartbeat", "LeaseKeeper", "SegmentLease"]
+__all__ = ["Heartbeat", "LeaseKeeper", "SegmentLease", "ChapterAssemblyLease", "BookAssemblyLease"]
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,16 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def beat(self) -> None:
+        """Push the lease one lease length past now (the thread does this; tests call it)."""
+        with session_scope(self.database_url) as session:
+            self.extend(session, utcnow() + timedelta(seconds=self.lease_seconds))
+
     def _beat(self) -> None:
         # Three beats a lease: one slow database answer does not lose the work.
         while not self._stop.wait(self.lease_seconds / 3):
             try:
-                with session_scope(self.database_url) as session:
-                    self.extend(session, utcnow() + timedelta(seconds=self.lease_seconds))
+                self.beat()
             except Exception:
                 log.warning("could not extend the lease of %s", self.name, exc_info=True)
 
@@ -93,3 +98,53 @@ class SegmentLease(Heartbeat):
             )
 
         super().__init__(database_url, f"segment-{segment_id}", lease_seconds, extend)
+
+
+class ChapterAssemblyLease(Heartbeat):
+    """The lease of one run assembling one chapter version."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        book_id: str,
+        index: int,
+        version: int,
+        run: int,
+        lease_seconds: float,
+    ) -> None:
+        def extend(session: Session, expires_at: datetime) -> None:
+            session.execute(
+                update(AudiobookChapter)
+                .where(
+                    AudiobookChapter.book_id == book_id,
+                    AudiobookChapter.index == index,
+                    AudiobookChapter.version == version,
+                    AudiobookChapter.status == books.ASSEMBLING,
+                    AudiobookChapter.assembly_runs == run,
+                )
+                .values(lease_expires_at=expires_at)
+            )
+
+        super().__init__(database_url, f"{book_id}-chapter-{index}", lease_seconds, extend)
+
+
+class BookAssemblyLease(Heartbeat):
+    """The lease of one run building a book's M4B in one round."""
+
+    def __init__(
+        self, database_url: str, *, book_id: str, round: int, run: int, lease_seconds: float
+    ) -> None:
+        def extend(session: Session, expires_at: datetime) -> None:
+            session.execute(
+                update(Audiobook)
+                .where(
+                    Audiobook.id == book_id,
+                    Audiobook.status == books.RUNNING,
+                    Audiobook.round == round,
+                    Audiobook.assembly_runs == run,
+                )
+                .values(lease_expires_at=expires_at)
+            )
+
+        super().__init__(database_url, f"{book_id}-m4b", lease_seconds, extend)

@@ -267,3 +267,57 @@ def test_a_page_of_books_is_read_in_a_fixed_number_of_queries(database_url: str)
     assert a.usage is not None and a.usage.cost_usd == 0.01 and a.usage.characters == 6
     assert b.usage is None
     assert [c.index for c in a.chapters] == [0]
+
+
+def _lapse(session: Session, model: type[Audiobook] | type[AudiobookChapter]) -> None:
+    """As if the holder's worker died a lease ago."""
+    session.execute(update(model).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    session.commit()
+
+
+def test_assembly_leases_are_renewed_for_their_own_run_only(database_url: str) -> None:
+    from worker.lease import BookAssemblyLease, ChapterAssemblyLease
+
+    chapter = {"book_id": "book_a", "index": 0, "version": 0}
+    with get_sessionmaker(database_url)() as session:
+        _book(session, 1)
+        session.execute(update(AudiobookSegment).values(status=books.SUCCEEDED))
+        session.execute(update(Audiobook).values(status=books.RUNNING))
+        assert books.start_chapter_assembly(session, **chapter)
+        first = books.claim_chapter_assembly(session, **chapter, lease_seconds=60)
+        assert first is not None
+        session.commit()
+
+        # A live run's heartbeat keeps its chapter: nobody else may claim it.
+        _lapse(session, AudiobookChapter)
+        ChapterAssemblyLease(database_url, **chapter, run=first, lease_seconds=60).beat()
+        assert books.claim_chapter_assembly(session, **chapter, lease_seconds=60) is None
+        # A dead run's chapter is taken over, and its late beats do not touch the new lease.
+        _lapse(session, AudiobookChapter)
+        second = books.claim_chapter_assembly(session, **chapter, lease_seconds=60)
+        assert second == first + 1
+        session.commit()
+        held = session.scalar(select(AudiobookChapter.lease_expires_at))
+        ChapterAssemblyLease(database_url, **chapter, run=first, lease_seconds=600).beat()
+        session.expire_all()
+        assert session.scalar(select(AudiobookChapter.lease_expires_at)) == held
+
+        assert books.complete_chapter(session, **chapter, run=second, values={"part_key": "p"})
+        run = books.claim_book_assembly(session, book_id="book_a", round=0, lease_seconds=60)
+        assert run is not None
+        session.commit()
+        _lapse(session, Audiobook)
+        BookAssemblyLease(database_url, book_id="book_a", round=0, run=run, lease_seconds=60).beat()
+        assert (
+            books.claim_book_assembly(session, book_id="book_a", round=0, lease_seconds=60) is None
+        )
+        _lapse(session, Audiobook)
+        taken = books.claim_book_assembly(session, book_id="book_a", round=0, lease_seconds=60)
+        assert taken == run + 1
+        session.commit()
+        held = session.scalar(select(Audiobook.lease_expires_at))
+        BookAssemblyLease(
+            database_url, book_id="book_a", round=0, run=run, lease_seconds=600
+        ).beat()
+        session.expire_all()
+        assert session.scalar(select(Audiobook.lease_expires_at)) == held

@@ -4,8 +4,9 @@ Both steps stream: a chapter reads its segments one at a time from storage and e
 part of the book as well as its own file; the book copies its chapters' parts, one at a
 time, into the M4B without encoding anything, so memory does not grow with the book and
 the step after the last chapter takes seconds, not the minutes an 18-hour encode would. Each step is
-claimed with a lease as long as the task's time limit and ends with a compare-and-set on
-its run number; a step whose worker died is claimed again once its lease has passed.
+claimed with a lease that a heartbeat renews while its worker lives (`worker/lease.py`) and
+ends with a compare-and-set on its run number; a step whose worker died is claimed again
+once its lease has passed (the sweeper publishes it again).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from storage.db import session_scope
 from storage.models import utcnow
 from storage.objects import ObjectStore, tenant_key
 from worker import webhooks
+from worker.lease import BookAssemblyLease, ChapterAssemblyLease
 
 from .assemble import (
     BookPart,
@@ -52,7 +54,8 @@ class BookAssembler:
         self.store = store
         self.events = events
         self.db_url = settings.resolved_database_url
-        self.lease_s = float(settings.job_time_limit_seconds)
+        # Renewed by a heartbeat: a dead assembler's step is taken back within a lease.
+        self.lease_s = settings.job_lease_seconds
 
     # --- one chapter ------------------------------------------------------------------
 
@@ -62,8 +65,21 @@ class BookAssembler:
             run = books.claim_chapter_assembly(
                 session, book_id=book_id, index=index, version=version, lease_seconds=self.lease_s
             )
-            if run is None:
-                return None
+        if run is None:
+            return None
+        lease = ChapterAssemblyLease(
+            self.db_url,
+            book_id=book_id,
+            index=index,
+            version=version,
+            run=run,
+            lease_seconds=self.lease_s,
+        )
+        with lease:
+            return self._assemble_chapter(book_id, index, version, run)
+
+    def _assemble_chapter(self, book_id: str, index: int, version: int, run: int) -> str | None:
+        with session_scope(self.db_url) as session:
             book = books.get_book(session, book_id=book_id, tenant=None)
             assert book is not None
             tenant, fmt = book.tenant, book.response_format
@@ -171,6 +187,25 @@ class BookAssembler:
             tenant, title = book.tenant, book.title
             old_key = (book.result or {}).get("object_key")
             parts = [(c.title, c.part_key or "") for c in chapters]
+        lease = BookAssemblyLease(
+            self.db_url, book_id=book_id, round=book_round, run=run, lease_seconds=self.lease_s
+        )
+        with lease:
+            return self._build_book(
+                book_id, book_round, run, tenant=tenant, title=title, parts=parts, old_key=old_key
+            )
+
+    def _build_book(
+        self,
+        book_id: str,
+        book_round: int,
+        run: int,
+        *,
+        tenant: str,
+        title: str,
+        parts: list[tuple[str, str]],
+        old_key: str | None,
+    ) -> str | None:
         key = tenant_key(tenant, "audiobooks", book_id, f"round-{book_round}-run{run}", "book.m4b")
         try:
             info = self._build(parts, key, title=title)
