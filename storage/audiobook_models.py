@@ -132,7 +132,13 @@ class AudiobookSegment(Base):
     # pending (waiting for capacity) | queued (published) | running | succeeded | failed
     # | canceled
     status: Mapped[str] = mapped_column(String(20))
+    # Bumped by every claim: the run number that fences a stalled worker out.
     runs: Mapped[int] = mapped_column(Integer, default=0)
+    # Runs whose worker died (taken back by the sweeper): `worker_lost` at the limit.
+    losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Runs the provider rate-limited past the router's retries: the segment waited and
+    # went again; failed at the limit. `retry` starts the count again.
+    deferrals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The deployment whose concurrency slot this running segment holds, if any.
     deployment: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]

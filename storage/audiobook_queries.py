@@ -42,6 +42,7 @@ __all__ = [
     "take_pending",
     "claim_segment",
     "segment_back_to_pending",
+    "defer_segment",
     "finish_segment",
     "fail_segment",
     "segments_of_chapter",
@@ -397,6 +398,26 @@ def segment_back_to_pending(session: Session, *, segment_id: int, run: int) -> b
     )
 
 
+def defer_segment(session: Session, *, segment_id: int, run: int, until: datetime) -> bool:
+    """The provider is rate limiting: this run ends, the segment stays queued (keeping its
+    place in the model's capacity, so no other segment is sent to be refused meanwhile)
+    and is published again for `until`; the sweeper republishes it if that message is lost
+    (`queued_at` is `until`)."""
+    return bool(
+        session.execute(
+            update(AudiobookSegment)
+            .where(*_this_run(segment_id, run))
+            .values(
+                status=QUEUED,
+                queued_at=until,
+                lease_expires_at=None,
+                deployment=None,
+                deferrals=AudiobookSegment.deferrals + 1,
+            )
+        ).rowcount
+    )
+
+
 def finish_segment(
     session: Session,
     *,
@@ -713,7 +734,15 @@ def retry_book(session: Session, *, book_id: str) -> bool:
             AudiobookSegment.book_id == book_id,
             AudiobookSegment.status.in_((FAILED, CANCELED)),
         )
-        .values(status=PENDING, error=None, queued_at=None, lease_expires_at=None)
+        .values(
+            status=PENDING,
+            error=None,
+            queued_at=None,
+            lease_expires_at=None,
+            # A retry is a fresh start: it gets the whole allowance of both again.
+            losses=0,
+            deferrals=0,
+        )
     )
     session.execute(
         update(AudiobookChapter)
@@ -837,20 +866,27 @@ def segments_to_republish(session: Session, *, older_than_s: float, limit: int =
 
 def reclaim_segments(session: Session, *, max_runs: int) -> tuple[list[int], list[int]]:
     """Running segments whose lease expired (their worker died): queued again, or failed
-    with `worker_lost` after `max_runs` runs. Returns (requeued, failed)."""
+    with `worker_lost` when this is their `max_runs`-th lost run (runs that found no slot
+    or were deferred do not count). Returns (requeued, failed)."""
     now = utcnow()
     rows = session.execute(
-        select(AudiobookSegment.id, AudiobookSegment.runs).where(
+        select(AudiobookSegment.id, AudiobookSegment.losses).where(
             AudiobookSegment.status == RUNNING, AudiobookSegment.lease_expires_at < now
         )
     ).all()
-    requeued = [row.id for row in rows if row.runs < max_runs]
-    lost = [row.id for row in rows if row.runs >= max_runs]
+    requeued = [row.id for row in rows if row.losses + 1 < max_runs]
+    lost = [row.id for row in rows if row.losses + 1 >= max_runs]
     if requeued:
         session.execute(
             update(AudiobookSegment)
             .where(AudiobookSegment.id.in_(requeued), AudiobookSegment.status == RUNNING)
-            .values(status=QUEUED, queued_at=now, lease_expires_at=None, deployment=None)
+            .values(
+                status=QUEUED,
+                queued_at=now,
+                lease_expires_at=None,
+                deployment=None,
+                losses=AudiobookSegment.losses + 1,
+            )
         )
     if lost:
         session.execute(
@@ -860,6 +896,7 @@ def reclaim_segments(session: Session, *, max_runs: int) -> tuple[list[int], lis
                 status=FAILED,
                 lease_expires_at=None,
                 deployment=None,
+                losses=AudiobookSegment.losses + 1,
                 error={
                     "code": "worker_lost",
                     "message": f"the worker running this segment was lost {max_runs} times",

@@ -122,6 +122,8 @@ GARBAGE_AUDIO = b"this is no audio at all, just bytes pretending to be one. " * 
 FAULT_SCRIPTS: dict[str, tuple[str, ...]] = {
     "flaky": ("500", "500", "ok"),  # HTTP 500 twice, then audio
     "rate-limited": ("429", "ok"),  # HTTP 429 with Retry-After: 1, then audio
+    # Longer than the router's three tries (num_retries 2) last: 429 three times, then audio.
+    "rate-limited-longer": ("429", "429", "429", "ok"),
     "hang": ("hang",),  # answers only after HANG_SECONDS
     "garbage": ("garbage",),  # HTTP 200 with bytes that are not audio
     "down": ("500",),  # HTTP 500 on every call

@@ -199,6 +199,7 @@ def _config(fake: FakeOpenAI, scripted: ScriptedOpenAI) -> dict[str, Any]:
             faulty("fault-garbage-tts", scripted.api_base("garbage")),
             faulty("fault-down-tts", scripted.api_base("down")),
             faulty("down-until-healed-tts", scripted.api_base("down-until-healed")),
+            faulty("rate-limited-longer-tts", scripted.api_base("rate-limited-longer")),
         ],
         "end_user_budgets": {"capped-user": 0.0001},
         "guardrails": [

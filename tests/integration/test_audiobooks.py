@@ -252,6 +252,40 @@ def test_retry_runs_only_the_failed_segments(stack: Stack, scripted_openai: Scri
         assert again.status_code == 409
 
 
+def test_a_rate_limited_segment_waits_and_goes_again(
+    stack: Stack, scripted_openai: ScriptedOpenAI
+) -> None:
+    """429s past the router's retries: the segment is deferred (Retry-After: 1), not failed."""
+    marker = f"{stack.kind}-{time.monotonic_ns()}"
+    chapters = [{"title": "", "text": f"Busy provider, part {n}, {marker}."} for n in range(2)]
+    with stack.client() as client:
+        book = client.post(
+            "/v1/audiobooks",
+            json={
+                "title": "Busy",
+                "model": "rate-limited-longer-tts",
+                "chapters": chapters,
+                "read_titles": False,
+            },
+        ).json()
+        done = stack.wait_for_book(client, book["id"])
+    assert done["status"] == "succeeded", done
+    assert done["progress"]["segments_failed"] == 0
+    # Three refused calls, then the audio, for each segment (over two or more runs: a
+    # deployment cooled down by the other segment's 429s cuts a run's tries short).
+    calls = [scripted_openai.count("rate-limited-longer", c["text"]) for c in chapters]
+    assert calls == [4, 4]
+    with stack.db_session() as session:
+        rows = session.execute(
+            select(AudiobookSegment.runs, AudiobookSegment.deferrals, AudiobookSegment.losses)
+            .where(AudiobookSegment.book_id == book["id"])
+            .order_by(AudiobookSegment.id)
+        ).all()
+    for runs, deferrals, losses in rows:
+        assert deferrals >= 1 and runs == deferrals + 1 and losses == 0
+    assert billed(stack, book["id"]) == 2
+
+
 def test_rerender_one_chapter_pays_only_for_what_changed(stack: Stack, tmp_path: Path) -> None:
     marker = f"{stack.kind} {time.monotonic_ns()}"
     chapters = [

@@ -321,3 +321,49 @@ def test_assembly_leases_are_renewed_for_their_own_run_only(database_url: str) -
         ).beat()
         session.expire_all()
         assert session.scalar(select(Audiobook.lease_expires_at)) == held
+
+
+def test_only_lost_runs_count_towards_worker_lost(database_url: str) -> None:
+    """A run that found no free slot or was rate limited ended on purpose: it is not a
+    loss, so it does not bring `worker_lost` nearer."""
+    with get_sessionmaker(database_url)() as session:
+        _book(session, 1)
+        segment_id = session.scalar(select(AudiobookSegment.id))
+        assert segment_id is not None
+
+        def claim() -> int:
+            if session.scalar(select(AudiobookSegment.status)) == books.PENDING:
+                assert books.take_pending(session, model="book-tts", limit=1) == [segment_id]
+            claimed = books.claim_segment(session, segment_id=segment_id, lease_seconds=60)
+            assert claimed is not None
+            return claimed.runs
+
+        def die() -> tuple[list[int], list[int]]:
+            session.execute(
+                update(AudiobookSegment).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            )
+            return books.reclaim_segments(session, max_runs=2)
+
+        assert books.segment_back_to_pending(session, segment_id=segment_id, run=claim())
+        later = utcnow() + timedelta(minutes=5)
+        assert books.defer_segment(session, segment_id=segment_id, run=claim(), until=later)
+        # Deferred: queued, and not published again by the sweeper before it is due.
+        assert books.segments_to_republish(session, older_than_s=0) == []
+        assert die() == ([], [])  # nothing running
+        claim()
+        assert die() == ([segment_id], [])  # the first loss, on the third run
+        claim()
+        assert die() == ([], [segment_id])  # the second loss: worker_lost
+        session.commit()
+        row = session.scalars(select(AudiobookSegment)).one()
+        assert (row.runs, row.losses, row.deferrals) == (4, 2, 1)
+        assert row.error is not None and row.error["code"] == "worker_lost"
+
+        # A retry starts both counts again.
+        session.execute(update(Audiobook).values(status=books.FAILED))
+        session.execute(update(AudiobookChapter).values(status=books.FAILED))
+        assert books.retry_book(session, book_id="book_a")
+        session.commit()
+        session.expire_all()
+        row = session.scalars(select(AudiobookSegment)).one()
+        assert (row.status, row.losses, row.deferrals) == (books.PENDING, 0, 0)

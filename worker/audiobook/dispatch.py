@@ -69,12 +69,14 @@ def dispatch(
     return publish_segments(ids, app=app)
 
 
-def publish_segments(segment_ids: Sequence[int], *, app: Celery | None = None) -> int:
-    """Publish "run segment X" for each; a failed publish leaves the segment queued for
-    the sweeper to publish again."""
+def publish_segments(
+    segment_ids: Sequence[int], *, app: Celery | None = None, countdown: float | None = None
+) -> int:
+    """Publish "run segment X" for each (to run `countdown` seconds from now, if given); a
+    failed publish leaves the segment queued for the sweeper to publish again."""
     published = 0
     for segment_id in segment_ids:
-        published += _send(app, SEGMENT_TASK, [segment_id])
+        published += _send(app, SEGMENT_TASK, [segment_id], countdown=countdown)
     return published
 
 
@@ -86,12 +88,15 @@ def publish_book(book_id: str, book_round: int, *, app: Celery | None = None) ->
     return _send(app, BOOK_TASK, [book_id, book_round])
 
 
-def _send(app: Celery | None, task: str, args: list[object]) -> bool:
+def _send(
+    app: Celery | None, task: str, args: list[object], *, countdown: float | None = None
+) -> bool:
     try:
         (app or celery_app).send_task(
             task,
             args=args,
             queue=AUDIOBOOK_QUEUE,
+            countdown=countdown,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         )

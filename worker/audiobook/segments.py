@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 from dataclasses import dataclass
+from datetime import timedelta
 
 from speechq.pricing import cost_usd
 from speechq.registry import Registry
@@ -28,18 +30,45 @@ from worker.audio_join import to_pcm
 from worker.budget import BudgetExceeded, Guard, budget_guard, key_facts
 from worker.lease import SegmentLease
 from worker.providers.base import Deployment, SpeechProvider, SynthesisRequest, SynthesisResult
-from worker.providers.errors import InvalidInput, ProviderUnavailable
+from worker.providers.errors import InvalidInput, ProviderUnavailable, RateLimited
 from worker.router import AllDeploymentsFailed, NoFreeSlot, Router
 
-from .dispatch import SegmentSlots
+from .dispatch import SegmentSlots, publish_segments
 
-__all__ = ["SEGMENT_FORMAT", "segment_cache_key", "SegmentRunner", "SegmentOutcome"]
+__all__ = [
+    "SEGMENT_FORMAT",
+    "MAX_DEFERRALS",
+    "segment_cache_key",
+    "deferral_delay_s",
+    "SegmentRunner",
+    "SegmentOutcome",
+]
 
 log = logging.getLogger(__name__)
 
 # Asked of every provider: lossless, so joins and the final encode lose nothing, and one
 # format for every book, so a book in mp3 and its re-render in opus share the cache.
 SEGMENT_FORMAT = "pcm"
+
+
+# A provider's rate limit outlasting the router's retries is expected under a book's load
+# (per-minute quotas): the segment waits and goes again, up to this many times (with the
+# delays below, about an hour and a half), before it fails.
+MAX_DEFERRALS = 20
+DEFERRAL_BASE_S = 5.0
+DEFERRAL_MAX_S = 300.0
+
+
+def deferral_delay_s(
+    deferrals: int, retry_after_s: float | None, rng: random.Random | None = None
+) -> float:
+    """How long a rate-limited segment waits: the provider's Retry-After if it gave one,
+    else 5 s doubling per earlier deferral, jittered so a book's segments spread out;
+    at most five minutes."""
+    if retry_after_s is not None and retry_after_s > 0:
+        return min(retry_after_s, DEFERRAL_MAX_S)
+    backoff = DEFERRAL_BASE_S * 2 ** min(deferrals, 10)
+    return min(backoff * (rng or random).uniform(0.8, 1.2), DEFERRAL_MAX_S)
 
 
 def segment_cache_key(*, model: str, voice: str | None, speed: float, text: str) -> str:
@@ -74,6 +103,7 @@ class _Claimed:
     user: str | None
     speed: float
     book_open: bool
+    deferrals: int
 
 
 class SegmentRunner:
@@ -126,6 +156,7 @@ class SegmentRunner:
                 user=book.user,
                 speed=book.speed,
                 book_open=book.status in books.OPEN_BOOK,
+                deferrals=segment.deferrals,
             )
 
     def _run_claimed(self, seg: _Claimed) -> str:
@@ -147,6 +178,8 @@ class SegmentRunner:
         except BudgetExceeded as exc:
             return self._fail(seg, "budget_exceeded", str(exc))
         except AllDeploymentsFailed as exc:
+            if isinstance(exc.last, RateLimited) and seg.deferrals < MAX_DEFERRALS:
+                return self._defer(seg, exc.last)
             return self._fail(seg, "provider_error", str(exc))
         except Exception:
             log.exception("segment %s failed with an internal error", seg.id)
@@ -233,6 +266,21 @@ class SegmentRunner:
                 session, segment_id=int(seg.id), run=seg.run, cached=cached, usage=usage
             )
         return books.SUCCEEDED if done else books.CANCELED
+
+    def _defer(self, seg: _Claimed, error: RateLimited) -> str:
+        delay = deferral_delay_s(seg.deferrals, error.retry_after_s)
+        with session_scope(self.db_url) as session:
+            deferred = books.defer_segment(
+                session,
+                segment_id=int(seg.id),
+                run=seg.run,
+                until=utcnow() + timedelta(seconds=delay),
+            )
+        if not deferred:
+            return books.CANCELED
+        log.info("segment %s rate limited; again in %.1fs", seg.id, delay)
+        publish_segments([int(seg.id)], countdown=delay)
+        return books.QUEUED
 
     def _fail(self, seg: _Claimed, code: str, message: str) -> str:
         with session_scope(self.db_url) as session:
