@@ -255,7 +255,7 @@ def test_retry_runs_only_the_failed_segments(stack: Stack, scripted_openai: Scri
 def test_a_rate_limited_segment_waits_and_goes_again(
     stack: Stack, scripted_openai: ScriptedOpenAI
 ) -> None:
-    """429s past the router's retries: the segment is deferred (Retry-After: 1), not failed."""
+    """429s past the router's retries: the segment waits and goes again; it is not failed."""
     marker = f"{stack.kind}-{time.monotonic_ns()}"
     chapters = [{"title": "", "text": f"Busy provider, part {n}, {marker}."} for n in range(2)]
     with stack.client() as client:

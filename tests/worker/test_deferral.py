@@ -9,10 +9,11 @@ import pytest
 from worker.audiobook.segments import DEFERRAL_MAX_S, deferral_delay_s
 
 
-def test_the_providers_retry_after_is_honoured_up_to_the_cap() -> None:
-    assert deferral_delay_s(0, 7.0) == 7.0
-    assert deferral_delay_s(9, 2.5) == 2.5  # the provider knows best, however many before
-    assert deferral_delay_s(0, 3600.0) == DEFERRAL_MAX_S
+def test_the_providers_retry_after_is_the_least_wait_up_to_the_cap() -> None:
+    rng = random.Random(7)
+    assert deferral_delay_s(0, 30.0, rng) == 30.0  # longer than the backoff: honoured
+    assert 4 <= deferral_delay_s(0, 1.0, rng) <= 6  # shorter: the backoff is longer
+    assert deferral_delay_s(0, 3600.0, rng) == DEFERRAL_MAX_S
 
 
 @pytest.mark.parametrize(("deferrals", "low", "high"), [(0, 4, 6), (1, 8, 12), (3, 32, 48)])

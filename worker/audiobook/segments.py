@@ -53,7 +53,7 @@ SEGMENT_FORMAT = "pcm"
 
 # A provider's rate limit outlasting the router's retries is expected under a book's load
 # (per-minute quotas): the segment waits and goes again, up to this many times (with the
-# delays below, about an hour and a half), before it fails.
+# delays below, at least an hour and a quarter in all), before it fails.
 MAX_DEFERRALS = 20
 DEFERRAL_BASE_S = 5.0
 DEFERRAL_MAX_S = 300.0
@@ -62,13 +62,11 @@ DEFERRAL_MAX_S = 300.0
 def deferral_delay_s(
     deferrals: int, retry_after_s: float | None, rng: random.Random | None = None
 ) -> float:
-    """How long a rate-limited segment waits: the provider's Retry-After if it gave one,
-    else 5 s doubling per earlier deferral, jittered so a book's segments spread out;
-    at most five minutes."""
-    if retry_after_s is not None and retry_after_s > 0:
-        return min(retry_after_s, DEFERRAL_MAX_S)
-    backoff = DEFERRAL_BASE_S * 2 ** min(deferrals, 10)
-    return min(backoff * (rng or random).uniform(0.8, 1.2), DEFERRAL_MAX_S)
+    """How long a rate-limited segment waits: 5 s doubling per earlier deferral, jittered
+    so a book's segments spread out, and never less than the provider's Retry-After (a
+    short Retry-After was already waited out by the router's retries); at most 5 min."""
+    backoff = DEFERRAL_BASE_S * 2 ** min(deferrals, 10) * (rng or random).uniform(0.8, 1.2)
+    return min(max(backoff, retry_after_s or 0.0), DEFERRAL_MAX_S)
 
 
 def segment_cache_key(*, model: str, voice: str | None, speed: float, text: str) -> str:
