@@ -10,6 +10,7 @@ import signal
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import av
 import httpx
@@ -29,6 +30,18 @@ THREE_CHAPTERS = [
     {"title": "The Market", "text": "Fish were sold by noon. The square was loud."},
     {"title": "The Evening", "text": "Lamps were lit along the quay.\n\nThen it was quiet."},
 ]
+
+
+def submit_chapters(
+    client: httpx.Client, title: str, model: str, chapters: list[dict[str, str]]
+) -> dict[str, Any]:
+    """A book of these chapters, titles not read aloud."""
+    created = client.post(
+        "/v1/audiobooks",
+        json={"title": title, "model": model, "chapters": chapters, "read_titles": False},
+    )
+    assert created.status_code == 202, created.text
+    return dict(created.json())
 
 
 def wait_until_running(client: httpx.Client, book_id: str, timeout_s: float = 30) -> None:
@@ -197,10 +210,7 @@ def test_quote_and_refusals(stack: Stack) -> None:
 def test_cancel_stops_a_book(stack: Stack) -> None:
     chapters = [{"title": "", "text": f"Slow sentence number {n}."} for n in range(6)]
     with stack.client() as client:
-        book = client.post(
-            "/v1/audiobooks",
-            json={"title": "Slow", "model": "slow-tts", "chapters": chapters, "read_titles": False},
-        ).json()
+        book = submit_chapters(client, "Slow", "slow-tts", chapters)
         canceled = client.post(f"/v1/audiobooks/{book['id']}/cancel")
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
         again = client.post(f"/v1/audiobooks/{book['id']}/cancel")
@@ -223,15 +233,7 @@ def test_retry_runs_only_the_failed_segments(stack: Stack, scripted_openai: Scri
         {"title": "", "text": f"Unlucky words {marker}."},
     ]
     with stack.client() as client:
-        first = client.post(
-            "/v1/audiobooks",
-            json={
-                "title": "R",
-                "model": "down-until-healed-tts",
-                "chapters": chapters,
-                "read_titles": False,
-            },
-        ).json()
+        first = submit_chapters(client, "R", "down-until-healed-tts", chapters)
         failed = stack.wait_for_book(client, first["id"])
         assert failed["status"] == "failed", failed
         assert failed["error"]["code"] == "provider_error"
@@ -259,15 +261,7 @@ def test_a_rate_limited_segment_waits_and_goes_again(
     marker = f"{stack.kind}-{time.monotonic_ns()}"
     chapters = [{"title": "", "text": f"Busy provider, part {n}, {marker}."} for n in range(2)]
     with stack.client() as client:
-        book = client.post(
-            "/v1/audiobooks",
-            json={
-                "title": "Busy",
-                "model": "rate-limited-longer-tts",
-                "chapters": chapters,
-                "read_titles": False,
-            },
-        ).json()
+        book = submit_chapters(client, "Busy", "rate-limited-longer-tts", chapters)
         done = stack.wait_for_book(client, book["id"])
     assert done["status"] == "succeeded", done
     assert done["progress"]["segments_failed"] == 0
@@ -331,10 +325,7 @@ def test_a_worker_killed_mid_book_finishes_it_without_billing_twice(stack: Stack
         {"title": "", "text": f"Survive the crash, part {n}, {stack.kind}."} for n in range(4)
     ]
     with stack.client() as client:
-        book = client.post(
-            "/v1/audiobooks",
-            json={"title": "K", "model": "slow-tts", "chapters": chapters, "read_titles": False},
-        ).json()
+        book = submit_chapters(client, "K", "slow-tts", chapters)
         wait_until_running(client, book["id"])
         wait_for_a_segment_at_the_provider(stack, book["id"])
         for name in [n for n in stack.processes if n.startswith("worker")]:
@@ -363,10 +354,7 @@ def test_a_worker_killed_mid_book_finishes_it_without_billing_twice(stack: Stack
 def test_a_big_book_does_not_hold_up_a_single_job(stack: Stack) -> None:
     chapters = [{"title": "", "text": f"Slow part {n}, {stack.kind}."} for n in range(8)]
     with stack.client() as client:
-        book = client.post(
-            "/v1/audiobooks",
-            json={"title": "Big", "model": "slow-tts", "chapters": chapters, "read_titles": False},
-        ).json()
+        book = submit_chapters(client, "Big", "slow-tts", chapters)
         wait_until_running(client, book["id"])
         job = client.post("/v1/jobs/speech", json={"model": "local-tts", "input": "Me first."})
         done = stack.wait_for_job(client, job.json()["id"], timeout_s=60)
