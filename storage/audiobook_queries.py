@@ -41,6 +41,7 @@ __all__ = [
     "in_flight_count",
     "take_pending",
     "claim_segment",
+    "extend_segment_lease",
     "segment_back_to_pending",
     "defer_segment",
     "finish_segment",
@@ -50,9 +51,11 @@ __all__ = [
     "remember_segment",
     "start_chapter_assembly",
     "claim_chapter_assembly",
+    "extend_chapter_assembly",
     "complete_chapter",
     "fail_chapter",
     "claim_book_assembly",
+    "extend_book_assembly",
     "complete_book",
     "fail_book",
     "cancel_book",
@@ -387,6 +390,12 @@ def _this_run(segment_id: int, run: int) -> list[Any]:
     ]
 
 
+def extend_segment_lease(session: Session, *, segment_id: int, run: int, until: datetime) -> None:
+    session.execute(
+        update(AudiobookSegment).where(*_this_run(segment_id, run)).values(lease_expires_at=until)
+    )
+
+
 def segment_back_to_pending(session: Session, *, segment_id: int, run: int) -> bool:
     """No deployment had a free slot: wait for the next dispatch."""
     return bool(
@@ -568,6 +577,25 @@ def claim_chapter_assembly(
     )
 
 
+def _assembling_run(book_id: str, index: int, version: int, run: int) -> list[Any]:
+    """The chapter version while this assembly run holds it."""
+    return [
+        *_chapter_version(book_id, index, version),
+        AudiobookChapter.status == ASSEMBLING,
+        AudiobookChapter.assembly_runs == run,
+    ]
+
+
+def extend_chapter_assembly(
+    session: Session, *, book_id: str, index: int, version: int, run: int, until: datetime
+) -> None:
+    session.execute(
+        update(AudiobookChapter)
+        .where(*_assembling_run(book_id, index, version, run))
+        .values(lease_expires_at=until)
+    )
+
+
 def complete_chapter(
     session: Session,
     *,
@@ -580,11 +608,7 @@ def complete_chapter(
     return bool(
         session.execute(
             update(AudiobookChapter)
-            .where(
-                *_chapter_version(book_id, index, version),
-                AudiobookChapter.status == ASSEMBLING,
-                AudiobookChapter.assembly_runs == run,
-            )
+            .where(*_assembling_run(book_id, index, version, run))
             .values(status=SUCCEEDED, lease_expires_at=None, **values)
         ).rowcount
     )
@@ -628,6 +652,24 @@ def claim_book_assembly(
     return session.scalar(select(Audiobook.assembly_runs).where(Audiobook.id == book_id))
 
 
+def _building_run(book_id: str, round: int, run: int) -> list[Any]:
+    """The book in this round while this M4B run holds it."""
+    return [
+        Audiobook.id == book_id,
+        Audiobook.status == RUNNING,
+        Audiobook.round == round,
+        Audiobook.assembly_runs == run,
+    ]
+
+
+def extend_book_assembly(
+    session: Session, *, book_id: str, round: int, run: int, until: datetime
+) -> None:
+    session.execute(
+        update(Audiobook).where(*_building_run(book_id, round, run)).values(lease_expires_at=until)
+    )
+
+
 def complete_book(
     session: Session,
     *,
@@ -640,12 +682,7 @@ def complete_book(
     return bool(
         session.execute(
             update(Audiobook)
-            .where(
-                Audiobook.id == book_id,
-                Audiobook.status == RUNNING,
-                Audiobook.round == round,
-                Audiobook.assembly_runs == run,
-            )
+            .where(*_building_run(book_id, round, run))
             .values(
                 status=SUCCEEDED,
                 result=result,

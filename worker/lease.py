@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from speechq.domain import JobStatus
 from storage import audiobook_queries as books
-from storage.audiobook_models import Audiobook, AudiobookChapter, AudiobookSegment
 from storage.db import session_scope
 from storage.models import Job, utcnow
 
@@ -87,15 +86,7 @@ class SegmentLease(Heartbeat):
 
     def __init__(self, database_url: str, segment_id: int, run: int, lease_seconds: float) -> None:
         def extend(session: Session, expires_at: datetime) -> None:
-            session.execute(
-                update(AudiobookSegment)
-                .where(
-                    AudiobookSegment.id == segment_id,
-                    AudiobookSegment.status == JobStatus.running.value,
-                    AudiobookSegment.runs == run,
-                )
-                .values(lease_expires_at=expires_at)
-            )
+            books.extend_segment_lease(session, segment_id=segment_id, run=run, until=expires_at)
 
         super().__init__(database_url, f"segment-{segment_id}", lease_seconds, extend)
 
@@ -114,16 +105,8 @@ class ChapterAssemblyLease(Heartbeat):
         lease_seconds: float,
     ) -> None:
         def extend(session: Session, expires_at: datetime) -> None:
-            session.execute(
-                update(AudiobookChapter)
-                .where(
-                    AudiobookChapter.book_id == book_id,
-                    AudiobookChapter.index == index,
-                    AudiobookChapter.version == version,
-                    AudiobookChapter.status == books.ASSEMBLING,
-                    AudiobookChapter.assembly_runs == run,
-                )
-                .values(lease_expires_at=expires_at)
+            books.extend_chapter_assembly(
+                session, book_id=book_id, index=index, version=version, run=run, until=expires_at
             )
 
         super().__init__(database_url, f"{book_id}-chapter-{index}", lease_seconds, extend)
@@ -136,15 +119,8 @@ class BookAssemblyLease(Heartbeat):
         self, database_url: str, *, book_id: str, round: int, run: int, lease_seconds: float
     ) -> None:
         def extend(session: Session, expires_at: datetime) -> None:
-            session.execute(
-                update(Audiobook)
-                .where(
-                    Audiobook.id == book_id,
-                    Audiobook.status == books.RUNNING,
-                    Audiobook.round == round,
-                    Audiobook.assembly_runs == run,
-                )
-                .values(lease_expires_at=expires_at)
+            books.extend_book_assembly(
+                session, book_id=book_id, round=round, run=run, until=expires_at
             )
 
         super().__init__(database_url, f"{book_id}-m4b", lease_seconds, extend)
