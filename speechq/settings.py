@@ -25,6 +25,14 @@ class Settings(BaseSettings):
     config: Path | None = None
     master_key: str | None = None
     webhook_allow_private: bool = False
+    # URL inputs (a transcription's `url`) may reach private, loopback or link-local
+    # addresses: false everywhere, `speechq up` included (webhooks are the tenant's own).
+    fetch_allow_private: bool = False
+    # The largest JSON (or urlencoded) body read, refused with 413 past it; a book bigger
+    # than this goes up as a file. Above the largest valid JSON request (a 5M-character book).
+    max_json_body_mb: float = Field(default=16.0, gt=0)
+    # An uploaded EPUB (a zip) may unpack to at most this much, counted while reading.
+    max_book_expanded_mb: float = Field(default=200.0, gt=0)
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
     result_ttl_hours: int = 168
     # A job still `queued` this long after its last publish is published again: the
