@@ -5,7 +5,7 @@ import ipaddress
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +23,7 @@ from speechq.net_guard import (
     pinned_client,
     resolve_safe,
 )
+from tests.net_fakes import Dialer, FakeDNS, SystemDNS
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"
@@ -159,18 +160,6 @@ def held(headers: dict[str, str], status: int = 200) -> Route:
 
 def silent(handler: BaseHTTPRequestHandler) -> None:
     handler.server.release.wait(10)  # type: ignore[attr-defined]
-
-
-class FakeDNS:
-    """An injected resolver: each call returns the next answer (the last one repeats)."""
-
-    def __init__(self, *answers: Iterable[str]) -> None:
-        self.answers = [list(a) for a in answers]
-        self.calls: list[tuple[str, int]] = []
-
-    def __call__(self, host: str, port: int) -> list[str]:
-        self.calls.append((host, port))
-        return self.answers[min(len(self.calls), len(self.answers)) - 1]
 
 
 def dns(*addresses: str) -> FakeDNS:
@@ -472,6 +461,158 @@ def test_public_check_then_private_answer_still_uses_checked_address() -> None:
         client.get(resolved.url)
     assert [r.url.host for r in captured] == [PUBLIC_V4, PUBLIC_V4]
     assert len(resolver.calls) == 1
+
+
+# --- rebinding, end to end: what the real transport dials --------------------------------
+# The Dialer sits where httpcore opens its TCP connections (socket.create_connection) and
+# records each one. A "public" answer is carried to the local server on loopback, so the
+# request is really made, and nothing is sent off this machine.
+
+REBIND_PUBLIC = "93.184.215.14"
+REBIND_PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
+
+
+@pytest.mark.parametrize("public", [REBIND_PUBLIC, REBIND_PUBLIC_V6])
+def test_fetch_to_file_public_then_loopback_answer_dials_only_the_checked_address(
+    public: str,
+    start_server: Callable[..., Running],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = start_server({"/a.wav": body(b"public audio")})
+    dialer = Dialer(monkeypatch, routes={public: "127.0.0.1"})
+    resolver = FakeDNS([public], ["127.0.0.1"])
+    dest = tmp_path / "a.wav"
+
+    fetch_to_file(
+        f"http://rebind.example:{server.port}/a.wav",
+        dest,
+        max_bytes=1000,
+        allow_private=False,
+        timeout_s=5,
+        resolver=resolver,
+    )
+
+    assert dest.read_bytes() == b"public audio"
+    assert resolver.calls == [("rebind.example", server.port)]
+    assert dialer.dialled == [(public, server.port)]  # never 127.0.0.1, the second answer
+    assert [s.host_header for s in server.seen] == [f"rebind.example:{server.port}"]
+
+
+def test_fetch_to_file_falls_back_only_to_addresses_of_the_same_check(
+    start_server: Callable[..., Running], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server({"/a.wav": body(b"second public")})
+    other_public = "93.184.215.15"
+    # The first checked address refuses (the dialer only carries the second one); the
+    # transport moves to the next address of the same answer, and never asks DNS again.
+    dialer = Dialer(monkeypatch, routes={other_public: "127.0.0.1"})
+    resolver = FakeDNS([REBIND_PUBLIC, other_public], ["127.0.0.1"])
+    dest = tmp_path / "a.wav"
+
+    fetch_to_file(
+        f"http://rebind.example:{server.port}/a.wav",
+        dest,
+        max_bytes=1000,
+        allow_private=False,
+        timeout_s=5,
+        resolver=resolver,
+    )
+
+    assert dest.read_bytes() == b"second public"
+    assert len(resolver.calls) == 1
+    assert dialer.dialled == [(REBIND_PUBLIC, server.port), (other_public, server.port)]
+
+
+def test_fetch_to_file_loopback_then_public_answer_is_refused_without_dialling(
+    start_server: Callable[..., Running], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server({"/a.wav": body(b"internal audio")})
+    dialer = Dialer(monkeypatch, routes={REBIND_PUBLIC: "127.0.0.1"})
+    resolver = FakeDNS(["127.0.0.1"], [REBIND_PUBLIC])
+
+    with pytest.raises(UnsafeURL) as info:
+        fetch_to_file(
+            f"http://rebind.example:{server.port}/a.wav",
+            tmp_path / "a.wav",
+            max_bytes=1000,
+            allow_private=False,
+            timeout_s=5,
+            resolver=resolver,
+        )
+
+    assert info.value.rule == "address"
+    assert len(resolver.calls) == 1  # no second look that would have found a public answer
+    assert dialer.dialled == []
+    assert server.seen == []
+
+
+def test_fetch_to_file_private_allowed_dials_the_checked_loopback_not_a_later_answer(
+    start_server: Callable[..., Running], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server({"/a.wav": body(b"local audio")})
+    dialer = Dialer(monkeypatch)  # no routes: the public answer would be refused if dialled
+    resolver = FakeDNS(["127.0.0.1"], [REBIND_PUBLIC])
+    dest = tmp_path / "a.wav"
+
+    fetch_to_file(
+        f"http://rebind.example:{server.port}/a.wav",
+        dest,
+        max_bytes=1000,
+        allow_private=True,
+        timeout_s=5,
+        resolver=resolver,
+    )
+
+    assert dest.read_bytes() == b"local audio"
+    assert dialer.dialled == [("127.0.0.1", server.port)]
+
+
+def test_fetch_to_file_with_system_dns_looks_up_once_and_dials_that_answer(
+    start_server: Callable[..., Running], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No injected resolver: the default one and everything under it (httpx, httpcore,
+    # socket.create_connection) go through socket.getaddrinfo, which answers public once
+    # and loopback after. Only the name's first answer may be used.
+    server = start_server({"/a.wav": body(b"public audio")})
+    lookups = FakeDNS([REBIND_PUBLIC], ["127.0.0.1"])
+    SystemDNS(monkeypatch, {"rebind.example": lookups})
+    dialer = Dialer(monkeypatch, routes={REBIND_PUBLIC: "127.0.0.1"})
+    dest = tmp_path / "a.wav"
+
+    fetch_to_file(
+        f"http://rebind.example:{server.port}/a.wav",
+        dest,
+        max_bytes=1000,
+        allow_private=False,
+        timeout_s=5,
+    )
+
+    assert dest.read_bytes() == b"public audio"
+    assert len(lookups.calls) == 1
+    assert dialer.dialled == [(REBIND_PUBLIC, server.port)]
+
+
+def test_fetch_to_file_with_system_dns_refuses_loopback_first_answer(
+    start_server: Callable[..., Running], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server({"/a.wav": body(b"internal audio")})
+    lookups = FakeDNS(["127.0.0.1"], [REBIND_PUBLIC])
+    SystemDNS(monkeypatch, {"rebind.example": lookups})
+    dialer = Dialer(monkeypatch, routes={REBIND_PUBLIC: "127.0.0.1"})
+
+    with pytest.raises(UnsafeURL, match="loopback"):
+        fetch_to_file(
+            f"http://rebind.example:{server.port}/a.wav",
+            tmp_path / "a.wav",
+            max_bytes=1000,
+            allow_private=False,
+            timeout_s=5,
+        )
+
+    assert len(lookups.calls) == 1
+    assert dialer.dialled == []
+    assert server.seen == []
 
 
 # --- TLS: SNI and certificate checked against the hostname, not the IP -----------------

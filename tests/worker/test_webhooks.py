@@ -6,11 +6,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -18,12 +21,15 @@ from sqlalchemy.orm import Session
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from api.schemas import job_public
+from api.state import AppState
+from api.submission import check_webhook_url
 from speechq.apikeys import generate_webhook_secret
 from speechq.settings import Settings
 from storage import queries, webhook_queries
 from storage.db import get_sessionmaker
 from storage.migrate import upgrade
 from storage.models import utcnow
+from tests.net_fakes import Dialer, FakeDNS, SystemDNS
 from worker import webhooks
 from worker.webhooks import (
     deliver,
@@ -368,3 +374,121 @@ def test_delivered_then_redelivered_keeps_the_id(db: Settings) -> None:
     assert deliver(delivery_id, db, **kw) == "delivered"
     assert [r.headers["webhook-id"] for r in seen] == [delivery_id, delivery_id]
     assert seen[0].content == seen[1].content
+
+
+# --- DNS rebinding, end to end: the real transport, a receiver on loopback ----------------
+# The Dialer records every TCP connection httpcore opens; a "public" answer is carried to
+# the receiver on 127.0.0.1, and any other outside address is refused, so nothing leaves.
+
+REBIND_PUBLIC = "93.184.215.14"
+
+
+class _Receiver(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
+        self.received: list[tuple[str | None, bytes]] = []
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+class _ReceiverHandler(BaseHTTPRequestHandler):
+    server: _Receiver
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.received.append((self.headers.get("Host"), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[_Receiver]:
+    server = _Receiver()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_send_event_public_then_loopback_answer_posts_to_the_checked_address(
+    receiver: _Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dialer = Dialer(monkeypatch, routes={REBIND_PUBLIC: "127.0.0.1"})
+    resolver = FakeDNS([REBIND_PUBLIC], ["127.0.0.1"])
+    url = f"http://hooks.example.com:{receiver.port}/in"
+
+    outcome = send_event(url, b'{"a":1}', {}, allow_private=False, resolver=resolver)
+
+    assert outcome.final == "delivered", outcome.error
+    assert resolver.calls == [("hooks.example.com", receiver.port)]
+    assert dialer.dialled == [(REBIND_PUBLIC, receiver.port)]  # never the 127.0.0.1 answer
+    assert receiver.received == [(f"hooks.example.com:{receiver.port}", b'{"a":1}')]
+
+
+def test_send_event_loopback_then_public_answer_fails_without_dialling(
+    receiver: _Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dialer = Dialer(monkeypatch, routes={REBIND_PUBLIC: "127.0.0.1"})
+    resolver = FakeDNS(["127.0.0.1"], [REBIND_PUBLIC])
+    url = f"http://hooks.example.com:{receiver.port}/in"
+
+    outcome = send_event(url, b"{}", {}, allow_private=False, resolver=resolver)
+
+    assert outcome.final == "failed" and "loopback" in (outcome.error or "")
+    assert len(resolver.calls) == 1
+    assert dialer.dialled == []
+    assert receiver.received == []
+
+
+def test_deliver_posts_to_the_address_its_own_check_approved(
+    db: Settings, receiver: _Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with get_sessionmaker(db.resolved_database_url)() as session:
+        job_id = _ended_job(session, webhook_url=f"http://hooks.example.com:{receiver.port}/in")
+        delivery_id = enqueue_job_event(session, job_id=job_id) or ""
+        session.commit()
+    dialer = Dialer(monkeypatch, routes={REBIND_PUBLIC: "127.0.0.1"})
+    resolver = FakeDNS([REBIND_PUBLIC], ["127.0.0.1"])
+
+    status = deliver(delivery_id, db, app=FakeCelery(), resolver=resolver)  # type: ignore[arg-type]
+
+    assert status == "delivered"
+    assert len(resolver.calls) == 1
+    assert dialer.dialled == [(REBIND_PUBLIC, receiver.port)]
+    assert len(receiver.received) == 1
+
+
+def test_submit_check_passes_then_rebound_to_loopback_the_delivery_fails_unsent(
+    db: Settings, receiver: _Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Through the system resolver, as in production: public when the job is submitted,
+    # loopback when the worker delivers. The worker checks again and does not send.
+    lookups = FakeDNS([REBIND_PUBLIC], ["127.0.0.1"])
+    SystemDNS(monkeypatch, {"hooks.example.com": lookups})
+    dialer = Dialer(monkeypatch, routes={REBIND_PUBLIC: "127.0.0.1"})
+    url = f"http://hooks.example.com:{receiver.port}/in"
+    check_webhook_url(cast(AppState, SimpleNamespace(settings=db)), url)  # accepted
+    with get_sessionmaker(db.resolved_database_url)() as session:
+        job_id = _ended_job(session, webhook_url=url)
+        delivery_id = enqueue_job_event(session, job_id=job_id) or ""
+        session.commit()
+
+    status = deliver(delivery_id, db, app=FakeCelery())  # type: ignore[arg-type]
+
+    assert status == "failed"
+    assert len(lookups.calls) == 2  # the submit check, then the delivery's own
+    assert dialer.dialled == []
+    assert receiver.received == []
+    with get_sessionmaker(db.resolved_database_url)() as session:
+        attempts = webhook_queries.attempts_for_deliveries(session, delivery_ids=[delivery_id])
+    (attempt,) = attempts[delivery_id]
+    assert attempt.status_code is None and "loopback" in (attempt.error or "")
