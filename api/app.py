@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.errors import install_error_handlers
+from api.errors import UnhandledErrors, install_error_handlers
 from api.metrics import MetricsMiddleware
+from api.request_guard import RequestGuard
 from api.routes import audio, audiobooks, jobs, keys, models, ops, usage, webhooks
 from api.schemas import ERROR_RESPONSES
 from api.state import build_state
@@ -45,6 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.speechq = state
     install_error_handlers(app)
+    # Outermost last: metrics see every answer, crashes included; the guard runs before
+    # any route (and any body read).
+    app.add_middleware(RequestGuard, state=state)
+    app.add_middleware(UnhandledErrors)
     app.add_middleware(MetricsMiddleware)
     for module in (jobs, webhooks, audio, audiobooks, keys, models, usage, ops):
         app.include_router(module.router)

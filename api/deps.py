@@ -22,8 +22,13 @@ __all__ = [
     "CurrentKey",
     "AdminKey",
     "get_state",
+    "authenticate",
+    "PRINCIPAL_STATE",
     "require_admin",
 ]
+
+
+PRINCIPAL_STATE = "speechq_principal"
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,10 @@ def get_session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(request: Request, state: StateDep, session: SessionDep) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def authenticate(state: AppState, authorization: str) -> Principal:
+    """The caller named by an `Authorization` header, or 401. Reads the key in a session of
+    its own, closed before returning: nothing waits on a request's pooled connection."""
+    scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise ApiError(
@@ -82,7 +88,8 @@ def get_principal(request: Request, state: StateDep, session: SessionDep) -> Pri
     master = state.settings.master_key
     if master and hmac.compare_digest(token.encode(), master.encode()):
         return Principal(key_id=None, team=None, is_admin=True)
-    row = queries.find_api_key(session, key=token)
+    with get_sessionmaker(state.database_url)() as session:
+        row = queries.find_api_key(session, key=token)
     if row is None:
         raise ApiError(
             401,
@@ -99,6 +106,14 @@ def get_principal(request: Request, state: StateDep, session: SessionDep) -> Pri
         rpm_limit=row.rpm_limit,
         guardrails=tuple(row.guardrails or ()),
     )
+
+
+def get_principal(request: Request, state: StateDep) -> Principal:
+    # The request guard checked the key before any of the body was read.
+    principal = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    if isinstance(principal, Principal):
+        return principal
+    return authenticate(state, request.headers.get("authorization", ""))
 
 
 CurrentKey = Annotated[Principal, Depends(get_principal)]

@@ -10,11 +10,23 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ApiError", "error_response", "validation_error", "install_error_handlers"]
+__all__ = [
+    "ApiError",
+    "UnhandledErrors",
+    "error_response",
+    "install_error_handlers",
+    "unhandled_response",
+    "validation_error",
+]
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_BUSY_S = 2
 
 _TYPES = {
     400: "invalid_request_error",
@@ -115,7 +127,9 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
         if part not in ("body", "query", "path", "header")
     ]
     param = ".".join(loc) or None
-    what = first.get("msg", "invalid request")
+    # pydantic prefixes the message of a ValueError raised by a validator; a person needs
+    # only the message.
+    what = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     message = f"Invalid value for '{param}': {what}" if param else f"Invalid request: {what}"
     return ApiError(400, "invalid_request", message, param=param)
 
@@ -126,13 +140,57 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(error.status_code, error.code, error.message, param=error.param)
 
 
-async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+def _is_overloaded(exc: Exception) -> bool:
+    """The database is there but has no room now: the pool is exhausted, or SQLite's write
+    lock stayed taken past its busy timeout. The client may simply try again."""
+    if isinstance(exc, SQLAlchemyTimeoutError):
+        return True
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
+
+
+def unhandled_response(exc: Exception) -> JSONResponse:
+    if _is_overloaded(exc):
+        log.warning("database busy: %s", type(exc).__name__)
+        return error_response(
+            503,
+            "service_unavailable",
+            "The server is busy; try again shortly.",
+            headers={"Retry-After": str(RETRY_AFTER_BUSY_S)},
+        )
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "The server failed on this request.")
+
+
+class UnhandledErrors:
+    """Any exception a route or middleware lets out becomes an answer in the envelope (503
+    if the database is only busy, else 500), returned like any other: the metrics see it
+    and the connection stays open. (Starlette's own handler re-raises after answering,
+    which hides the 500 from the middlewares around it and closes the connection.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started:
+                raise  # part of an answer went out: only cutting the connection is honest
+            await unhandled_response(exc)(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unhandled)

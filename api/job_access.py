@@ -4,6 +4,7 @@ Shared by `/v1/jobs` and the OpenAI-compatible `/v1/audio` routes."""
 from __future__ import annotations
 
 import json
+import re
 
 from fastapi import Response
 from fastapi.concurrency import run_in_threadpool
@@ -30,6 +31,8 @@ __all__ = [
     "transcript_response",
     "audio_response",
 ]
+
+_BYTE_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*\Z", re.IGNORECASE | re.ASCII)
 
 
 def public(session: Session, job: Job) -> JobPublic:
@@ -104,8 +107,9 @@ def audio_response(
     if total is None:  # results written before `bytes` was recorded
         total = state.store.size(key)
     headers = {"Accept-Ranges": "bytes"}
-    if range_header:
-        start, end = _parse_range(range_header, total)
+    wanted = _parse_range(range_header, total) if range_header else None
+    if wanted is not None:
+        start, end = wanted
         headers["Content-Range"] = f"bytes {start}-{end}/{total}"
         headers["Content-Length"] = str(end - start + 1)
         return StreamingResponse(
@@ -115,28 +119,34 @@ def audio_response(
     return StreamingResponse(state.store.open_stream(key), 200, headers, media_type=content_type)
 
 
-def _parse_range(header: str, total: int) -> tuple[int, int]:
-    """One `bytes=` range (RFC 9110); several ranges are not supported."""
-    unsatisfiable = ApiError(
+def _parse_range(header: str, total: int) -> tuple[int, int] | None:
+    """One `bytes=` range (RFC 9110 section 14). A header that is not one valid byte range
+    (another unit, bad syntax, last before first, several ranges) is ignored: None, and the
+    whole content goes out. A valid range that starts past the end is 416."""
+    found = _BYTE_RANGE.match(header)
+    if found is None:
+        return None
+    first, last = found.group(1), found.group(2)
+    if first == "" and last == "":
+        return None
+    if first and last and int(last) < int(first):
+        return None
+    if first == "":
+        length = int(last)
+        if length == 0 or total == 0:
+            raise _unsatisfiable(header, total)
+        return max(0, total - length), total - 1
+    start = int(first)
+    if start >= total:
+        raise _unsatisfiable(header, total)
+    end = int(last) if last else total - 1
+    return start, min(end, total - 1)
+
+
+def _unsatisfiable(header: str, total: int) -> ApiError:
+    return ApiError(
         416,
         "range_not_satisfiable",
         f"The Range '{header}' does not fit the content of {total} bytes.",
         headers={"Content-Range": f"bytes */{total}"},
     )
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        raise unsatisfiable
-    first, _, last = spec.strip().partition("-")
-    try:
-        if first == "":
-            length = int(last)
-            if length <= 0:
-                raise unsatisfiable
-            return max(0, total - length), total - 1
-        start = int(first)
-        end = int(last) if last else total - 1
-    except ValueError:
-        raise unsatisfiable from None
-    if start >= total or end < start:
-        raise unsatisfiable
-    return start, min(end, total - 1)

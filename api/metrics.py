@@ -13,8 +13,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 REQUESTS = Counter(
     "speechq_http_requests_total",
-    "HTTP requests by route template and status.",
-    ["method", "route", "status"],
+    "HTTP answers by route template, status and status class (2xx..5xx), every answer "
+    "counted: refused before routing ('unmatched') and failed (5xx) included.",
+    ["method", "route", "status", "status_class"],
     registry=REGISTRY,
 )
 LATENCY = Histogram(
@@ -30,7 +31,8 @@ JOBS_SUBMITTED = Counter(
 
 
 class MetricsMiddleware:
-    """Pure ASGI, so streamed responses are not buffered."""
+    """Pure ASGI, so streamed responses are not buffered. The outermost layer: it sees the
+    answer of every other one (`UnhandledErrors` turns a crash into a 500 inside it)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -49,7 +51,7 @@ class MetricsMiddleware:
                 route = scope.get("route")
                 template = getattr(route, "path", "unmatched")
                 LATENCY.labels(scope["method"], template).observe(time.perf_counter() - started)
-                REQUESTS.labels(scope["method"], template, str(status)).inc()
+                REQUESTS.labels(scope["method"], template, str(status), f"{status // 100}xx").inc()
             await send(message)
 
         await self.app(scope, receive, send_wrapper)

@@ -15,6 +15,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from api.errors import ApiError
+from speechq.text_checks import forbidden_character
 
 __all__ = ["FileTooLarge", "parse_limited_form", "file_too_large_error"]
 
@@ -75,7 +76,9 @@ async def parse_limited_form(request: Request, limit_for: Callable[[str | None],
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/x-www-form-urlencoded"):
         # No file in such a form: fine for a transcription by `url`.
-        return await request.form(max_files=0, max_fields=32)
+        form = await request.form(max_files=0, max_fields=32)
+        _check_fields(form)
+        return form
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(
             400,
@@ -89,8 +92,25 @@ async def parse_limited_form(request: Request, limit_for: Callable[[str | None],
         raise file_too_large_error(int(declared), loosest)
     parser = _LimitedParser(request, limit_for)
     try:
-        return await parser.parse()
+        form = await parser.parse()
     except FileTooLarge as exc:
         raise file_too_large_error(exc.passed_bytes, exc.limit_bytes) from None
     except MultiPartException as exc:
+        if exc.message.startswith("Part exceeded maximum size"):
+            raise ApiError(
+                413,
+                "request_too_large",
+                f"A form field is larger than {FIELD_LIMIT_BYTES // 1024} KB; only the file "
+                "part may be larger.",
+            ) from None
         raise ApiError(400, "invalid_request", f"Malformed multipart body: {exc.message}") from None
+    _check_fields(form)
+    return form
+
+
+def _check_fields(form: FormData) -> None:
+    for name, value in form.multi_items():
+        if isinstance(value, str) and (problem := forbidden_character(value)) is not None:
+            raise ApiError(
+                400, "invalid_request", f"'{name}' holds {problem}; remove it.", param=name
+            )

@@ -7,12 +7,13 @@ import logging
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from api.audiobook_schemas import (
+    MAX_CHAPTERS,
     AudiobookCreate,
     AudiobookPublic,
     AudiobookQuote,
@@ -48,6 +49,10 @@ from worker.audiobook.progress import advance, end_book_event
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/audiobooks", tags=["audiobooks"])
+
+# No book has more chapters than MAX_CHAPTERS: a larger index is a bad request, decided
+# before it reaches a database column that cannot hold it.
+ChapterIndex = Annotated[int, Path(ge=0, lt=MAX_CHAPTERS)]
 
 # The body is JSON or multipart (a book file), read by hand: document both.
 _BOOK_BODY: dict[str, Any] = {
@@ -208,7 +213,7 @@ def retry_audiobook(
 @router.post("/{book_id}/chapters/{index}/rerender", response_model=AudiobookPublic)
 def rerender_chapter(
     book_id: str,
-    index: int,
+    index: ChapterIndex,
     state: StateDep,
     session: SessionDep,
     principal: CurrentKey,
@@ -316,7 +321,7 @@ def get_audiobook_content(
 )
 def get_chapter_content(
     book_id: str,
-    index: int,
+    index: ChapterIndex,
     request: Request,
     state: StateDep,
     session: SessionDep,

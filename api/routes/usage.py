@@ -15,6 +15,8 @@ from storage import queries
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 
 DEFAULT_RANGE_DAYS = 30
+# Days a range may name: the end's next midnight must still be a date.
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9998, 12, 31)
 
 
 @router.get("", response_model=UsagePublic)
@@ -25,8 +27,16 @@ def get_usage(
     end: Annotated[date | None, Query(description="last day, inclusive, YYYY-MM-DD")] = None,
     group_by: Annotated[Literal["model", "provider", "user", "day", "key"], Query()] = "model",
 ) -> UsagePublic:
+    for param, day in (("start", start), ("end", end)):
+        if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"'{param}' must be between {FIRST_DAY} and {LAST_DAY}.",
+                param=param,
+            )
     last = end or datetime.now(UTC).date()
-    first = start or last - timedelta(days=DEFAULT_RANGE_DAYS - 1)
+    first = start or max(FIRST_DAY, last - timedelta(days=DEFAULT_RANGE_DAYS - 1))
     if first > last:
         raise ApiError(400, "invalid_request", "'start' is after 'end'.", param="start")
     rows = queries.usage_summary(

@@ -159,6 +159,12 @@ def test_content_before_success_is_409_and_range_after(stack: Stack) -> None:
         )
         assert bad.status_code == 416
         assert bad.json()["error"]["code"] == "range_not_satisfiable"
+        # RFC 9110: a Range that is not one valid byte range is ignored, the whole content
+        # goes out.
+        for invalid in ("bytes=abc", "bytes=20-10", "items=0-5", "bytes=0-5,10-20", "bytes=-"):
+            ignored = client.get(f"/v1/jobs/{job['id']}/content", headers={"Range": invalid})
+            assert ignored.status_code == 200, (invalid, ignored.text)
+            assert ignored.content == whole
 
 
 def test_cancel_running_job_is_not_billed(stack: Stack) -> None:
