@@ -37,6 +37,7 @@ from tests.services import REDIS_HOST, REDIS_PORT, require_redis, temporary_post
 
 STARTUP_TIMEOUT_S = 60
 REDIS_TEST_DB = 7
+REDIS_BARE_DB = 8
 
 
 def free_port() -> int:
@@ -271,24 +272,78 @@ def _wait_healthy(stack: Stack) -> None:
     raise RuntimeError(f"stack not ready in {STARTUP_TIMEOUT_S}s:\n{stack.all_logs()[-4000:]}")
 
 
+def _bare_env(data_dir: Path, master_key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPEECHQ_")}
+    env.update(
+        {
+            "SPEECHQ_DATA_DIR": str(data_dir),
+            "SPEECHQ_MASTER_KEY": master_key,
+            # No worker ever answers: a sync call gives up (504) at once.
+            "SPEECHQ_SYNC_TIMEOUT_SECONDS": "0.5",
+        }
+    )
+    return env
+
+
+def _start_bare(kind: str, env: dict[str, str], data_dir: Path) -> Stack:
+    port = free_port()
+    subprocess.run(
+        [sys.executable, "-m", "speechq.cli", "migrate"], env=env, check=True, capture_output=True
+    )
+    stack = Stack(kind, f"http://127.0.0.1:{port}", env["SPEECHQ_MASTER_KEY"], env, data_dir)
+    stack.start("api", "api", "--port", str(port))
+    _wait_healthy(stack)
+    return stack
+
+
 @pytest.fixture(scope="session")
 def bare_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """An API on the embedded default with no worker (jobs stay queued) and the production
     default of refusing private addresses."""
     data_dir = tmp_path_factory.mktemp("bare-api")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPEECHQ_")}
-    env.update({"SPEECHQ_DATA_DIR": str(data_dir), "SPEECHQ_MASTER_KEY": "sq-master-bare"})
-    port = free_port()
-    subprocess.run(
-        [sys.executable, "-m", "speechq.cli", "migrate"], env=env, check=True, capture_output=True
-    )
-    stack = Stack("embedded", f"http://127.0.0.1:{port}", "sq-master-bare", env, data_dir)
-    stack.start("api", "api", "--port", str(port))
+    stack = _start_bare("embedded", _bare_env(data_dir, "sq-master-bare"), data_dir)
     try:
-        _wait_healthy(stack)
         yield stack
     finally:
         stack.stop_all()
+
+
+@pytest.fixture(scope="session")
+def bare_production_api(
+    tmp_path_factory: pytest.TempPathFactory, s3_server: str, s3_client: Any
+) -> Iterator[Stack]:
+    """The same on PostgreSQL, Redis (a database of its own) and S3."""
+    import redis
+
+    require_redis()
+    data_dir = tmp_path_factory.mktemp("bare-production-api")
+    bucket = f"speechq-bare-{uuid.uuid4().hex[:8]}"
+    s3_client.create_bucket(Bucket=bucket)
+    queue = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_BARE_DB)
+    queue.flushdb()
+    with temporary_postgres_database() as database_url:
+        env = _bare_env(data_dir, "sq-master-bare-production")
+        env.update(
+            {
+                "SPEECHQ_DATABASE_URL": database_url,
+                "SPEECHQ_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_BARE_DB}",
+                "SPEECHQ_STORAGE_URL": f"s3://{bucket}/speechq",
+                "SPEECHQ_S3_ENDPOINT_URL": s3_server,
+            }
+        )
+        stack = _start_bare("production", env, data_dir)
+        try:
+            yield stack
+        finally:
+            stack.stop_all()
+            queue.flushdb()
+
+
+@pytest.fixture(params=["embedded", "production"])
+def bare_stack(request: pytest.FixtureRequest) -> Stack:
+    """`bare_api` and `bare_production_api` in turn."""
+    name = "bare_api" if request.param == "embedded" else "bare_production_api"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session", params=["embedded", "production"])

@@ -3,6 +3,7 @@ framework's errors included) documented and matching its schema."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
 
+MAX_EXAMPLES = 50
+MIN_CASES = 2000  # generated requests a stack must answer without a server error
 CHECKS = ",".join(
     [
         "not_a_server_error",
@@ -23,24 +26,22 @@ CHECKS = ",".join(
 )
 
 
-def test_api_conforms_to_its_openapi_schema(bare_api: Stack, tmp_path: Path) -> None:
-    # `bare_api` has no worker: jobs stay queued, so generated input never runs an engine.
-    # /v1/audio/* wait for a worker and are covered with the openai client instead.
+def test_api_conforms_to_its_openapi_schema(bare_stack: Stack, tmp_path: Path) -> None:
+    # A bare API has no worker: jobs stay queued, so generated input never runs an engine,
+    # and /v1/audio/* give up waiting (504) at once.
     run = subprocess.run(
         [
             str(Path(sys.executable).with_name("schemathesis")),
             "run",
-            f"{bare_api.base_url}/openapi.json",
+            f"{bare_stack.base_url}/openapi.json",
             "--header",
-            f"Authorization: Bearer {bare_api.master_key}",
+            f"Authorization: Bearer {bare_stack.master_key}",
             "--checks",
             CHECKS,
             "--max-examples",
-            "15",
+            str(MAX_EXAMPLES),
             "--seed",
             "1",
-            "--exclude-path-regex",
-            "^/v1/audio/",
             "--no-shrink",
         ],
         capture_output=True,
@@ -49,4 +50,7 @@ def test_api_conforms_to_its_openapi_schema(bare_api: Stack, tmp_path: Path) -> 
         cwd=tmp_path,  # it leaves a .schemathesis folder behind
     )
     assert run.returncode == 0, run.stdout[-6000:]
-    assert "failures" not in run.stdout.splitlines()[-1]
+    generated = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
+    assert generated is not None, run.stdout[-3000:]
+    assert int(generated.group(1)) >= MIN_CASES, run.stdout[-3000:]
+    assert generated.group(1) == generated.group(2), run.stdout[-3000:]
