@@ -1,18 +1,33 @@
 """Database engine and sessions. SQLite (embedded) gets WAL and a busy timeout, since
-the API, the worker and beat share one file."""
+the API, the worker and beat share one file, and private modes, since it holds webhook
+secrets and transcripts: its folder 0700 when made here, the file 0600."""
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["get_engine", "get_sessionmaker", "session_scope", "dispose_engines"]
+__all__ = [
+    "get_engine",
+    "get_sessionmaker",
+    "session_scope",
+    "dispose_engines",
+    "sqlite_path",
+    "prepare_sqlite_file",
+]
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+# SQLite's companions of a database file; it makes them with the database file's mode.
+_SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 _engines: dict[str, Engine] = {}
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
@@ -28,11 +43,47 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL; None for other databases and in-memory SQLite."""
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def prepare_sqlite_file(url: str) -> None:
+    """Make a SQLite URL's folder (0700) and file (0600) before SQLite does, so neither
+    depends on the umask: SQLite would make the file 0644, and its -wal and -shm files
+    copy the file's mode. An existing file (or companion) that is looser is tightened.
+    Other URLs are left alone."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass
+    for file in (path, *(path.with_name(path.name + s) for s in _SQLITE_COMPANIONS)):
+        _tighten(file)
+
+
+def _tighten(path: Path) -> None:
+    try:
+        st = path.lstat()
+        if st.st_mode & 0o077 and not stat.S_ISLNK(st.st_mode):
+            path.chmod(st.st_mode & 0o700)  # the owner's bits only
+    except FileNotFoundError:
+        pass
+    except PermissionError:  # another user's file: theirs to set
+        pass
+
+
 def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

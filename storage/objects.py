@@ -318,8 +318,24 @@ def _is_temp_name(name: str) -> bool:
     return name.endswith(_TEMP_SUFFIX)
 
 
+def _make_private_dirs(directory: Path) -> None:
+    """`directory` and its missing parents, each 0700 whatever the umask (the store may be
+    used as a library): audio and transcripts are for their tenant only."""
+    missing: list[Path] = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+
+
 def _make_temp_file(directory: Path, name: str) -> tuple[int, Path]:
-    # Same directory as the target so `os.replace` is an atomic rename.
+    # Same directory as the target so `os.replace` is an atomic rename. mkstemp makes the
+    # file 0600 whatever the umask, and the rename keeps that mode for the object.
     fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=_TEMP_SUFFIX)
     return fd, Path(temp)
 
@@ -327,7 +343,7 @@ def _make_temp_file(directory: Path, name: str) -> tuple[int, Path]:
 class _LocalWriter(ObjectWriter):
     def __init__(self, key: str, path: Path) -> None:
         super().__init__(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_dirs(path.parent)
         fd, self._temp = _make_temp_file(path.parent, path.name)
         self._path = path
         self._file = os.fdopen(fd, "wb")
@@ -359,11 +375,12 @@ def _read_file_chunks(file: BinaryIO, length: int) -> Generator[bytes, None, Non
 
 
 class LocalObjectStore(ObjectStore):
-    """Objects as files under `root` (the embedded default)."""
+    """Objects as files under `root` (the embedded default): files 0600, and the folders
+    it makes 0700. An existing `root` keeps its mode."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        _make_private_dirs(self.root)
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*_validate_key(key))

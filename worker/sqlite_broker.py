@@ -6,8 +6,9 @@ hit "database is locked" often. It also sets itself up racily: the API, the work
 beat start together and each creates the tables and the queue rows it uses; the losers
 got "table already exists", "database is locked" or a UNIQUE violation, and the last is
 not a connection error to Celery, so a worker could stop consuming for good at start.
-This subclass polls faster, opens the file the way `storage.db` does, and retries its
-setup until it reads what another process made. It is registered under the `sqla` alias,
+This subclass polls faster, opens the file the way `storage.db` does (made 0600 in a
+0700 folder first, since messages carry job bodies), and retries its setup until it
+reads what another process made. It is registered under the `sqla` alias,
 so `sqla+sqlite:///…` uses it.
 """
 
@@ -22,6 +23,8 @@ from kombu.transport.sqlalchemy import Channel as _Channel
 from kombu.transport.sqlalchemy import Transport as _Transport
 from sqlalchemy import create_engine, event
 from sqlalchemy.exc import IntegrityError, OperationalError
+
+from storage.db import prepare_sqlite_file
 
 __all__ = ["Channel", "Transport", "register"]
 
@@ -59,6 +62,7 @@ class Channel(_Channel):
         url = self.connection.client.hostname
         if not url.startswith("sqlite"):
             return super()._engine_from_config()
+        prepare_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _pragmas)
         return engine
