@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
+from speechq.apikeys import NewKey
 from storage.models import ApiKey, Job, ProviderAttempt
 
 __all__ = [
@@ -112,21 +113,8 @@ class JobsPublic(BaseModel):
     next_after: str | None = None
 
 
-class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str | None = Field(default=None, max_length=200)
-    # Teams name a storage prefix, so keep them to safe characters.
-    team: str | None = Field(
-        default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$"
-    )
-    budget_usd: float | None = Field(default=None, ge=0, le=1_000_000_000)
-    rpm_limit: int | None = Field(default=None, ge=1, le=1_000_000)
-    is_admin: bool = False
-    # Config guardrails (by name) this key opts into, beyond those on by default.
-    guardrails: list[Annotated[str, StringConstraints(max_length=200)]] | None = Field(
-        default=None, max_length=50
-    )
+class KeyCreate(NewKey):
+    """`POST /v1/keys`; the rules are `NewKey`'s, shared with `speechq keys create`."""
 
 
 class KeyPublic(BaseModel):
