@@ -20,6 +20,7 @@ from worker.providers.base import Deployment
 
 __all__ = [
     "ConfigError",
+    "UnsetEnvironmentVariable",
     "Registry",
     "ModelInfo",
     "SPEECH",
@@ -60,6 +61,18 @@ BUILTIN_CONFIG: dict[str, Any] = {
 
 class ConfigError(ValueError):
     """The config file cannot be used as it is."""
+
+
+class UnsetEnvironmentVariable(ConfigError):
+    """A config value `os.environ/NAME` names a variable that is not set."""
+
+    def __init__(self, variable: str, where: str | None = None) -> None:
+        self.variable = variable
+        self.where = where
+        place = f"{where}: " if where else ""
+        super().__init__(
+            f"{place}environment variable {variable} is referenced by the config but unset"
+        )
 
 
 @dataclass(frozen=True)
@@ -130,16 +143,17 @@ def _mode(deployment: Deployment) -> str:
     return SPEECH
 
 
-def _resolve_env(value: Any) -> Any:
+def _resolve_env(value: Any, where: str | None = None) -> Any:
+    """`value` with every `os.environ/NAME` replaced; `where` names the entry in errors."""
     if isinstance(value, str) and value.startswith("os.environ/"):
         var = value.removeprefix("os.environ/")
         if var not in os.environ:
-            raise ConfigError(f"environment variable {var} is referenced by the config but unset")
+            raise UnsetEnvironmentVariable(var, where)
         return os.environ[var]
     if isinstance(value, dict):
-        return {k: _resolve_env(v) for k, v in value.items()}
+        return {k: _resolve_env(v, where) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_env(v) for v in value]
+        return [_resolve_env(v, where) for v in value]
     return value
 
 
@@ -154,7 +168,8 @@ def parse_config(raw: Mapping[str, Any]) -> Registry:
         params = entry.get("litellm_params", entry.get("params"))
         if not isinstance(params, Mapping) or not isinstance(params.get("model"), str):
             raise ConfigError(f"model_list[{position}] needs `litellm_params.model`")
-        params = _resolve_env(dict(params))
+        where = f"model_list[{position}] ({entry['model_name']!r})"
+        params = _resolve_env(dict(params), where)
         provider, sep, model = params["model"].partition("/")
         if not sep:
             # LiteLLM treats a bare model name as OpenAI's.
@@ -173,7 +188,7 @@ def parse_config(raw: Mapping[str, Any]) -> Registry:
                 provider=provider,
                 model=model,
                 params=params,
-                model_info=_resolve_env(dict(entry.get("model_info") or {})),
+                model_info=_resolve_env(dict(entry.get("model_info") or {}), where),
                 id=f"{name}#{len(group)}",
             )
         )
