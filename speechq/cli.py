@@ -4,31 +4,152 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+    from sqlalchemy.orm import Session
+
+    from speechq.apikeys import NewKey
+
+__all__ = ["CliError", "main"]
+
+# Commands that keep state in the data folder (the embedded database holds webhook
+# secrets and transcripts; blobs hold audio): whatever they create is for this user only.
+_PRIVATE_COMMANDS = frozenset({"up", "api", "worker", "beat", "migrate", "keys"})
+_PRIVATE_UMASK = 0o077
+
+
+class CliError(Exception):
+    """One line for stderr, and the exit code: 2 bad usage or config, 1 otherwise."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def _settings() -> Any:
     # Imported late: `--config` and `up` set environment variables first.
+    from pydantic import ValidationError
+
     from speechq.settings import get_settings
 
     get_settings.cache_clear()
-    return get_settings()
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = "SPEECHQ_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
+        raise CliError(f"invalid {name}: {_describe(error)}", 2) from None
+
+
+def _private_data_dir(settings: Any, *, create: bool = False) -> Path:
+    """The data folder, 0700: made so if `create`, tightened if it exists and is looser.
+    (The umask makes what goes in it 0600; `storage` sets its files' modes itself.)"""
+    data_dir = Path(settings.data_dir).resolve()
+    try:
+        if create:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = data_dir.stat().st_mode
+        if mode & 0o077:
+            data_dir.chmod(mode & 0o700)
+    except FileNotFoundError:
+        pass  # not made yet: storage makes it 0700 when it is needed
+    except OSError as exc:
+        if create and not data_dir.is_dir():
+            raise CliError(f"cannot make the data folder {data_dir}: {exc.strerror}") from None
+        print(
+            f"speechq: warning: cannot make the data folder {data_dir} private (0700): "
+            f"{exc.strerror}",
+            file=sys.stderr,
+        )
+    return data_dir
+
+
+def _check_config(settings: Any) -> None:
+    """Load the config (models, guardrails) once, here, before anything starts: a bad one
+    is then one line and exit 2, not a traceback from every process."""
+    from speechq.guardrails import parse_guardrails
+    from speechq.registry import ConfigError, load_registry
+
+    try:
+        registry = load_registry(settings.config)
+        parse_guardrails(registry.raw.get("guardrails"), resolve_model=registry.resolve).close()
+    except ConfigError as exc:
+        message = _one_line(exc)
+        if str(settings.config) not in message:  # load errors name the file already
+            message = f"config {settings.config or '(built-in)'}: {message}"
+        raise CliError(message, 2) from None
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind `host:port` the way uvicorn will (and let go), so a port in use is found
+    before anything starts or a URL pointing at someone else's server is printed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(
+                    f"port {port} on {host} is in use; choose another with --port"
+                ) from None
+            reason = exc.strerror or _one_line(exc)
+            raise CliError(f"cannot listen on {host} port {port}: {reason}", 2) from None
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1-65535)")
+    return port
+
+
+def _describe(error: ErrorDetails) -> str:
+    """A pydantic error as a short phrase: "must match ^[a-z]+$", "must be at least 1"."""
+    ctx = error.get("ctx") or {}
+    phrases = {
+        "string_pattern_mismatch": "must match {pattern}",
+        "greater_than_equal": "must be at least {ge}",
+        "greater_than": "must be more than {gt}",
+        "less_than_equal": "must be at most {le}",
+        "less_than": "must be less than {lt}",
+        "string_too_short": "must be at least {min_length} characters",
+        "string_too_long": "must be at most {max_length} characters",
+    }
+    if error["type"] in phrases:
+        return phrases[error["type"]].format(**ctx)
+    message = error["msg"]
+    return message[:1].lower() + message[1:]
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
+    from storage.db import prepare_sqlite_file
     from storage.migrate import upgrade
 
     settings = _settings()
+    _private_data_dir(settings)
+    prepare_sqlite_file(settings.resolved_database_url)
     upgrade(settings.resolved_database_url)
     print("database schema is up to date", file=sys.stderr)
     return 0
@@ -38,6 +159,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings()
+    _check_config(settings)
+    _check_port(args.host, args.port)
+    _private_data_dir(settings)
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -52,6 +176,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
+    _check_config(settings)
+    _private_data_dir(settings)
     from worker.celery_app import celery_app
 
     argv = [
@@ -96,27 +222,66 @@ def cmd_beat(_: argparse.Namespace) -> int:
     settings = _settings()
     from worker.celery_app import celery_app
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    schedule = settings.data_dir.resolve() / "celerybeat-schedule"
+    schedule = _private_data_dir(settings, create=True) / "celerybeat-schedule"
     celery_app.start(["beat", "--schedule", str(schedule), "--loglevel", settings.log_level])
     return 0
 
 
+_KEY_OPTIONS = {"is_admin": "--admin", "budget_usd": "--budget-usd", "rpm_limit": "--rpm-limit"}
+
+
+def _new_key(args: argparse.Namespace) -> NewKey:
+    """The key `keys create` asks for, checked by the rules `POST /v1/keys` uses."""
+    from pydantic import ValidationError
+
+    from speechq.apikeys import NewKey
+
+    try:
+        return NewKey(
+            name=args.name,
+            team=args.team,
+            budget_usd=args.budget_usd,
+            rpm_limit=args.rpm_limit,
+            is_admin=args.admin,
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        option = _KEY_OPTIONS.get(field, f"--{field}")
+        raise CliError(f"invalid {option}: {_describe(error)}", 2) from None
+
+
+@contextmanager
+def _keys_session(database_url: str) -> Iterator[Session]:
+    """A session on an existing, migrated database; anything else is one line."""
+    from sqlalchemy import inspect, make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.db import session_scope, sqlite_path
+
+    path = sqlite_path(database_url)
+    if path is not None and not path.is_file():
+        # Connecting would leave an empty database file behind.
+        raise CliError(f"no database at {path}; run `speechq migrate` or set SPEECHQ_DATA_DIR")
+    where = str(path or make_url(database_url).render_as_string(hide_password=True))
+    try:
+        with session_scope(database_url) as session:
+            if not inspect(session.connection()).has_table("api_keys"):
+                raise CliError(f"the database at {where} has no tables; run `speechq migrate`")
+            yield session
+    except SQLAlchemyError as exc:
+        reason = _one_line(getattr(exc, "orig", None) or exc)
+        raise CliError(f"cannot use the database at {where}: {reason}") from None
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from storage import queries
-    from storage.db import session_scope
 
     settings = _settings()
-    with session_scope(settings.resolved_database_url) as session:
-        if args.keys_command == "create":
-            row, plaintext = queries.create_api_key(
-                session,
-                name=args.name,
-                team=args.team,
-                budget_usd=args.budget_usd,
-                rpm_limit=args.rpm_limit,
-                is_admin=args.admin,
-            )
+    new_key = _new_key(args) if args.keys_command == "create" else None
+    with _keys_session(settings.resolved_database_url) as session:
+        if new_key is not None:
+            row, plaintext = queries.create_api_key(session, **new_key.model_dump())
             print(
                 json.dumps({"id": row.id, "key": plaintext, "webhook_secret": row.webhook_secret})
             )
@@ -126,8 +291,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print(f"{row.id}\t{row.name or ''}\t{row.team or ''}\t{state}")
         else:
             if queries.revoke_api_key(session, key_id=args.id) is None:
-                print(f"no key with id {args.id}", file=sys.stderr)
-                return 1
+                raise CliError(f"no key with id {args.id}")
             print(f"revoked {args.id}")
     return 0
 
@@ -148,8 +312,10 @@ def _master_key(data_dir: Path) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     os.environ.setdefault("SPEECHQ_WEBHOOK_ALLOW_PRIVATE", "true")
     settings = _settings()
-    data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Before anything is made or started: a bad config or a taken port is one line.
+    _check_config(settings)
+    _check_port(args.host, args.port)
+    data_dir = _private_data_dir(settings, create=True)
     os.environ["SPEECHQ_DATA_DIR"] = str(data_dir)
     os.environ["SPEECHQ_MASTER_KEY"] = _master_key(data_dir)
     cmd_migrate(args)
@@ -210,12 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = with_config(sub.add_parser("up", help="run everything on the embedded default"))
     up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--port", type=_port, default=8000)
     up.set_defaults(func=cmd_up)
 
     api = with_config(sub.add_parser("api", help="run the HTTP API"))
     api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--port", type=_port, default=8000)
     api.add_argument("--workers", type=int, default=1)
     api.set_defaults(func=cmd_api)
 
@@ -253,7 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "config", None):
         os.environ["SPEECHQ_CONFIG"] = str(Path(args.config).resolve())
-    return int(args.func(args) or 0)
+    if args.command in _PRIVATE_COMMANDS:
+        # Every file these make (SQLite's, the broker's, blobs, beat's schedule, temp
+        # files) is 0600 and every folder 0700; `up`'s children inherit it.
+        os.umask(_PRIVATE_UMASK)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"speechq: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

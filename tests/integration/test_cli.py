@@ -1,5 +1,5 @@
-"""`speechq up` starts the whole embedded service and prints a URL and a working key;
-`speechq keys` manages keys in the database directly."""
+"""`speechq up` starts the whole embedded service and prints a URL and a working key, and
+keeps its data folder private; `speechq keys` manages keys in the database directly."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ def test_up_prints_url_and_key_and_runs_a_job(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        umask=0o022,
     )
     output: list[str] = []
     try:
@@ -69,6 +71,15 @@ def test_up_prints_url_and_key_and_runs_a_job(tmp_path: Path) -> None:
             f"{url}/v1/jobs/{job['id']}", params={"wait": 30}, headers=headers, timeout=40
         ).json()
         assert done["status"] == "succeeded", done
+        # While everything runs (SQLite's -wal and -shm files exist), and though started
+        # with a umask of 022: the folder and every folder in it 0700, every file 0600.
+        modes = _modes(tmp_path / "data")
+        names = {path.name for path in modes}
+        assert {"speechq.db", "speechq.db-wal", "broker.db", "master_key"} <= names, names
+        blobs = tmp_path / "data" / "blobs"
+        assert any(blobs in path.parents and path.is_file() for path in modes), names
+        loose = {str(path): oct(mode) for path, mode in modes.items() if mode != _private(path)}
+        assert not loose, loose
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -77,6 +88,17 @@ def test_up_prints_url_and_key_and_runs_a_job(tmp_path: Path) -> None:
         ["pgrep", "-f", f"--port {port}"], capture_output=True, text=True
     ).stdout.strip()
     assert leftover == ""
+
+
+def _modes(root: Path) -> dict[Path, int]:
+    """The permission bits of `root` and of everything under it."""
+    return {path: stat.S_IMODE(path.lstat().st_mode) for path in [root, *root.rglob("*")]}
+
+
+def _private(path: Path) -> int:
+    if path.is_symlink() or not (path.is_dir() or path.is_file()):
+        return -1  # nothing else belongs in the data folder
+    return 0o700 if path.is_dir() else 0o600
 
 
 def test_keys_cli(tmp_path: Path) -> None:
