@@ -10,7 +10,9 @@ import hmac
 import secrets
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
+
+from speechq.text_checks import CheckedModel
 
 __all__ = [
     "KEY_PREFIX",
@@ -26,8 +28,9 @@ KEY_PREFIX = "sq-"
 _LOOKUP_CHARS = 12
 
 
-class NewKey(BaseModel):
-    """What a new key may be given; the API's `KeyCreate` and the CLI both validate here."""
+class NewKey(CheckedModel):
+    """What a new key may be given; the API's `KeyCreate` and the CLI both validate here
+    (text no database can store included: `CheckedModel`)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -139,6 +139,8 @@ def _describe(error: ErrorDetails) -> str:
     }
     if error["type"] in phrases:
         return phrases[error["type"]].format(**ctx)
+    if error["type"] == "value_error" and "error" in ctx:
+        return str(ctx["error"])
     message = error["msg"]
     return message[:1].lower() + message[1:]
 

@@ -76,6 +76,8 @@ def test_keys_create_rules_are_the_apis() -> None:
         (["--rpm-limit", "0"], ["invalid --rpm-limit", "at least 1"]),
         (["--budget-usd", "-1"], ["invalid --budget-usd", "at least 0"]),
         (["--name", "n" * 201], ["invalid --name", "at most 200"]),
+        # Not UTF-8: Python reads it as a lone surrogate, which no database can store.
+        (["--name", os.fsdecode(b"caf\xe9")], ["invalid --name", "lone surrogate"]),
     ],
 )
 def test_keys_create_refuses_what_the_api_refuses(
