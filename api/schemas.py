@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 from speechq.apikeys import NewKey
+from speechq.text_checks import CheckedModel
 from storage.models import ApiKey, Job, ProviderAttempt
 
 __all__ = [
@@ -43,7 +44,7 @@ Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
 MAX_SPEECH_JOB_CHARACTERS = 100_000
 
 
-class SpeechJobCreate(BaseModel):
+class SpeechJobCreate(CheckedModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=200)

@@ -823,7 +823,7 @@ def _parse_entry(
         raise ConfigError(f"{where}: `url` {url!r} is not a URL") from exc
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ConfigError(f"{where}: `url` must be an http:// or https:// URL, not {url!r}")
-    api_key = _resolve_env(options.get("api_key"))
+    api_key = _resolve_env(options.get("api_key"), where)
     if api_key is not None and (not isinstance(api_key, str) or not api_key):
         raise ConfigError(f"{where}: `api_key` must be a non-empty string")
     timeout = options.get("timeout", 2.0)

@@ -29,6 +29,12 @@ PRIVATE_FILE_MODE = 0o600
 # SQLite's companions of a database file; it makes them with the database file's mode.
 _SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
+# The API runs its sync routes on 40 threads (anyio's default); a few more for the
+# event loop's own reads. A request that still finds no connection gives up after
+# POOL_TIMEOUT_S and is answered 503 with Retry-After (api/errors.py).
+POOL_MAX_CONNECTIONS = 50
+POOL_TIMEOUT_S = 10
+
 _engines: dict[str, Engine] = {}
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
 _lock = threading.Lock()
@@ -84,12 +90,26 @@ def _tighten(path: Path) -> None:
 def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         prepare_sqlite_file(url)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # As many connections as the API has threads (SQLite's are cheap), so a burst
+        # waits on SQLite's write lock, never on the pool.
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=5,
+            max_overflow=POOL_MAX_CONNECTIONS - 5,
+            pool_timeout=POOL_TIMEOUT_S,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # Sized for the API's thread pool (40); no pre-ping round trip on every checkout: a
-    # dropped connection fails one query and the pool replaces it.
-    return create_engine(url, pool_size=20, max_overflow=30, pool_recycle=1800)
+    # Sized for the API's thread pool; no pre-ping round trip on every checkout: a dropped
+    # connection fails one query and the pool replaces it.
+    return create_engine(
+        url,
+        pool_size=20,
+        max_overflow=POOL_MAX_CONNECTIONS - 20,
+        pool_timeout=POOL_TIMEOUT_S,
+        pool_recycle=1800,
+    )
 
 
 def get_engine(url: str) -> Engine:

@@ -7,6 +7,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from storage.db import prepare_sqlite_file
+
 __all__ = ["alembic_config", "upgrade", "downgrade"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -21,9 +23,8 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    if database_url.startswith("sqlite:///"):
-        # SQLite creates the file, not its folder (a fresh data dir).
-        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # SQLite creates the file, not its folder (a fresh data dir); both private.
+    prepare_sqlite_file(database_url)
     command.upgrade(alembic_config(database_url), revision)
 
 
