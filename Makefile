@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install services lint bench-submit bench-pipeline bench-sync bench-upload bench-soak bench-audiobook clean
+.PHONY: run test install services lint bench-submit bench-pipeline bench-sync bench-upload bench-soak bench-audiobook bench-hostile clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench-soak: install services
 
 bench-audiobook: install services
 	$(BIN)/python bench/audiobook.py
+
+bench-hostile: install services
+	$(BIN)/python bench/hostile.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
