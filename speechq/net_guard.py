@@ -7,6 +7,11 @@ lookup, so a name that answers differently the next time (DNS rebinding) cannot 
 The Host header, TLS SNI and certificate verification still use the hostname. Redirects
 are never followed.
 
+The messages are precise (the resolved address and why it is refused, the status, the
+errno): right for a log, or for a webhook's owner. Do not show them to someone who should
+not learn what this host can reach: an UnsafeURL whose `rule` is address or unresolvable,
+and every FetchFailed, tell the network's shape (api/uploads.py answers all of them alike).
+
 ValueError
 └── UnsafeURL                 the URL may not be fetched; `rule` says which check failed
     └── HostUnresolvable      the host has no address (DNS failure); may be temporary
