@@ -22,6 +22,7 @@ from api.upload_form import parse_limited_form
 from api.uploads import fetch_and_store, max_upload_bytes, store_upload
 from speechq.domain import TRANSCRIPT_FORMATS
 from speechq.ids import new_id
+from speechq.languages import UnknownLanguage, parse_language
 from speechq.registry import TRANSCRIPTION
 from storage.db import get_sessionmaker
 from storage.models import Job
@@ -39,9 +40,16 @@ TRANSCRIPTION_FORM_OPENAPI: dict[str, Any] = {
                     "required": ["model"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "url": {"type": "string", "description": "instead of file"},
+                        "url": {
+                            "type": "string",
+                            "description": "instead of file (not both): a public http(s) "
+                            "address of the audio",
+                        },
                         "model": {"type": "string"},
-                        "language": {"type": "string"},
+                        "language": {
+                            "type": "string",
+                            "description": "ISO-639-1 code of a language Whisper knows, e.g. en",
+                        },
                         "prompt": {"type": "string"},
                         "response_format": {"type": "string", "enum": list(TRANSCRIPT_FORMATS)},
                         "temperature": {"type": "number", "minimum": 0, "maximum": 1},
@@ -65,6 +73,14 @@ async def accept_transcription(
         fields = parse_transcription_fields(form)
         upload = form.get("file")
         url = fields.get("url")
+        if upload not in (None, "") and url:
+            raise ApiError(
+                400,
+                "invalid_request",
+                "Send either 'file' or 'url', not both: 'file' is the audio itself, "
+                "'url' is an address to fetch it from.",
+                param="url",
+            )
         if not isinstance(upload, UploadFile) and not url:
             raise ApiError(
                 400,
@@ -168,7 +184,7 @@ def parse_transcription_fields(form: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "model": model,
         "url": text("url", 2048),
-        "language": text("language", 32),
+        "language": _language(text("language", 32)),
         "prompt": text("prompt"),
         "user": text("user", 256),
         "webhook_url": text("webhook_url", 2048),
@@ -209,3 +225,12 @@ def parse_transcription_fields(form: Any) -> dict[str, Any]:
                 param="metadata",
             ) from None
     return fields
+
+
+def _language(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return parse_language(value)
+    except UnknownLanguage as exc:
+        raise ApiError(400, "invalid_request", str(exc), param="language") from None
