@@ -6,7 +6,10 @@ import random
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from worker import text_split
 from worker.audiobook.plan import (
     CHARACTERS_PER_SECOND,
     DEFAULT_CHAPTER_PAUSE_MS,
@@ -20,6 +23,7 @@ from worker.audiobook.plan import (
     plan_book,
     plan_chapter,
 )
+from worker.text_split import DEFAULT_SENTENCE_BUDGET
 
 P = DEFAULT_PARAGRAPH_PAUSE_MS
 S = SENTENCE_PAUSE_MS
@@ -268,3 +272,47 @@ def test_million_character_book_loses_nothing() -> None:
         assert not current
         assert rebuilt == expected
     assert split > 0  # some paragraphs did go through the sentence splitter
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(list('ab .,;!?\n\n\r\t"()\u201c\u201d\u2026') + ["Mr.", "\n\n"]),
+        max_size=500,
+    ).map("".join),
+    st.integers(min_value=1, max_value=200),
+)
+def test_plan_chapter_random_text_keeps_every_character_within_the_limit(
+    text: str, limit: int
+) -> None:
+    if not text.strip():
+        with pytest.raises(ValueError, match="no text"):
+            plan_chapter(0, ChapterInput("", text), limit=limit)
+        return
+    plan = plan_chapter(0, ChapterInput("", text), limit=limit, read_titles=False)
+    assert all(0 < len(s.text) <= limit for s in plan.segments)
+    planned = "".join(s.text for s in plan.segments)
+    assert "".join(planned.split()) == "".join(text.split())
+    assert plan.segments[-1].ends_paragraph
+
+
+def test_plan_book_one_giant_paragraph_stays_within_pysbd_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read: list[int] = []
+    original = text_split._pysbd_sentences
+
+    def counting(window: str) -> list[str]:
+        read.append(len(window))
+        return original(window)
+
+    monkeypatch.setattr(text_split, "_pysbd_sentences", counting)
+    paragraph = " ".join(_sentence(random.Random(3)) for _ in range(40_000))  # ~1M characters
+    chapters = [ChapterInput("One", paragraph), ChapterInput("Two", paragraph)]
+    plan = plan_book(chapters, limit=1500)
+    # One budget for the whole book: the second chapter does not get another.
+    assert sum(read) <= DEFAULT_SENTENCE_BUDGET
+    for chapter in plan.chapters:
+        body = [s.text for s in chapter.segments if not s.is_title]
+        assert " ".join(body) == paragraph
+        assert all(len(text) <= 1500 for text in body)

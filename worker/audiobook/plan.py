@@ -8,8 +8,10 @@ it: `SENTENCE_PAUSE_MS` inside a paragraph, the paragraph pause at a paragraph's
 `TITLE_PAUSE_MS` after a chapter title read aloud, and nothing after a chapter's last
 segment (the caller puts the chapter pause between chapters).
 
-Only paragraphs longer than `limit` go through the sentence splitter (pysbd, some
-microseconds per character), so a book of ordinary paragraphs plans quickly.
+Only paragraphs longer than `limit` go through the sentence splitter, which reads a few
+hundred characters before each cut with pysbd; one `SentenceBudget` per plan bounds what
+pysbd reads for the whole book (past it, sentence ends are guessed from punctuation), so
+planning stays linear in the book's length whatever its paragraphs look like.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from worker.text_split import split_text
+from worker.text_split import SentenceBudget, split_text
 
 __all__ = [
     "CHARACTERS_PER_SECOND",
@@ -31,6 +33,7 @@ __all__ = [
     "ChapterInput",
     "ChapterPlan",
     "PlannedSegment",
+    "TooManySegments",
     "plan_book",
     "plan_chapter",
 ]
@@ -44,6 +47,17 @@ CHARACTERS_PER_SECOND = 15.0  # read speech at speed 1.0 (~150-160 words a minut
 
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
 _SPACE = re.compile(r"\s+")
+
+
+class TooManySegments(ValueError):
+    """The plan passed `max_segments`: planning stopped there."""
+
+    def __init__(self, max_segments: int) -> None:
+        super().__init__(
+            f"The book would take more than {max_segments:,} segments (a request to the "
+            f"provider for each paragraph, more for a long one); at most {max_segments:,} "
+            "are accepted. Join its short paragraphs or split it into volumes."
+        )
 
 
 @dataclass(frozen=True)
@@ -122,18 +136,27 @@ class BookPlan:
 
 
 def _paragraphs(text: str) -> list[str]:
-    """Blank-line separated paragraphs, whitespace collapsed, empty ones dropped."""
+    """Blank-line separated paragraphs, whitespace collapsed, empty ones dropped.
+
+    Done on the whole text at once, a NUL marking the breaks (a text holding one, which
+    no request lets in, is done block by block), so that a million short paragraphs cost
+    no million regex calls.
+    """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    collapsed = (_SPACE.sub(" ", block).strip() for block in _BLANK_LINES.split(text))
-    return [paragraph for paragraph in collapsed if paragraph]
+    if "\x00" in text:
+        blocks = (_SPACE.sub(" ", block) for block in _BLANK_LINES.split(text))
+    else:
+        blocks = iter(_SPACE.sub(" ", _BLANK_LINES.sub("\x00", text)).split("\x00"))
+    return [paragraph for paragraph in (block.strip() for block in blocks) if paragraph]
 
 
-def _pieces(text: str, limit: int) -> list[str]:
+def _pieces(text: str, limit: int, budget: SentenceBudget) -> list[str]:
     """`text` (whitespace already collapsed) in pieces of at most `limit` characters."""
     if len(text) <= limit:
         return [text]
     # split_text keeps each sentence's trailing space; pieces are re-joined with pauses.
-    return [piece.strip() for piece in split_text(text, limit) if piece.strip()]
+    pieces = split_text(text, limit, budget=budget)
+    return [piece.strip() for piece in pieces if piece.strip()]
 
 
 def _check_options(limit: int | None, paragraph_pause_ms: int) -> int:
@@ -154,12 +177,17 @@ def plan_chapter(
     limit: int | None,
     read_titles: bool = True,
     paragraph_pause_ms: int = DEFAULT_PARAGRAPH_PAUSE_MS,
+    budget: SentenceBudget | None = None,
+    max_segments: int | None = None,
 ) -> ChapterPlan:
     """Cut one chapter into segments; `index` is its place in the book, for messages.
 
-    Raises ValueError when the chapter has no text once whitespace is collapsed.
+    `budget` is what pysbd may still read (shared by a book's chapters); None gives this
+    chapter a budget of its own. Raises ValueError when the chapter has no text once
+    whitespace is collapsed, TooManySegments as soon as it passes `max_segments`.
     """
     limit = _check_options(limit, paragraph_pause_ms)
+    budget = budget if budget is not None else SentenceBudget()
     paragraphs = _paragraphs(chapter.text)
     if not paragraphs:
         raise ValueError(f"chapter {index} has no text")
@@ -168,15 +196,17 @@ def plan_chapter(
     # (text, pause after, is a title, ends a paragraph); the last pause is zeroed below.
     pieces: list[tuple[str, int, bool, bool]] = []
     if read_titles and title:
-        parts = _pieces(title, limit)
+        parts = _pieces(title, limit, budget)
         for n, part in enumerate(parts):
             last = n == len(parts) - 1
             pieces.append((part, TITLE_PAUSE_MS if last else SENTENCE_PAUSE_MS, True, False))
     for paragraph in paragraphs:
-        parts = _pieces(paragraph, limit)
+        parts = _pieces(paragraph, limit, budget)
         for n, part in enumerate(parts):
             last = n == len(parts) - 1
             pieces.append((part, paragraph_pause_ms if last else SENTENCE_PAUSE_MS, False, last))
+        if max_segments is not None and len(pieces) > max_segments:
+            raise TooManySegments(max_segments)
 
     end = len(pieces) - 1
     segments = tuple(
@@ -205,12 +235,14 @@ def plan_book(
     read_titles: bool = True,
     paragraph_pause_ms: int = DEFAULT_PARAGRAPH_PAUSE_MS,
     only: Collection[int] | None = None,
+    max_segments: int | None = None,
 ) -> BookPlan:
     """Plan every chapter, or those whose 0-based indexes are in `only`.
 
     Chapters keep their index in the whole book when `only` picks some. `limit` None is
     `DEFAULT_SEGMENT_LIMIT`. Raises ValueError for an index of `only` out of range, an
-    empty selection, and a planned chapter with no text.
+    empty selection, and a planned chapter with no text; TooManySegments (a ValueError)
+    as soon as the planned chapters pass `max_segments` together.
     """
     _check_options(limit, paragraph_pause_ms)
     if not chapters:
@@ -226,15 +258,19 @@ def plan_book(
         if not only:
             raise ValueError("no chapters selected")
         selected = sorted(set(only))
-    return BookPlan(
-        chapters=tuple(
-            plan_chapter(
-                index,
-                chapters[index],
-                limit=limit,
-                read_titles=read_titles,
-                paragraph_pause_ms=paragraph_pause_ms,
-            )
-            for index in selected
+    budget = SentenceBudget()  # one for the whole book, so its cost stays bounded
+    planned: list[ChapterPlan] = []
+    segments = 0
+    for index in selected:
+        chapter = plan_chapter(
+            index,
+            chapters[index],
+            limit=limit,
+            read_titles=read_titles,
+            paragraph_pause_ms=paragraph_pause_ms,
+            budget=budget,
+            max_segments=None if max_segments is None else max_segments - segments,
         )
-    )
+        segments += len(chapter.segments)
+        planned.append(chapter)
+    return BookPlan(chapters=tuple(planned))
