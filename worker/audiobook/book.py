@@ -6,8 +6,17 @@ their inner whitespace collapsed to single spaces, separated by one blank line.
 Exceptions::
 
     ValueError
-    └── BookError          the book is empty, has no text, or cannot be read
-        └── UnsupportedBook  not a .txt, .md/.markdown or .epub (the API answers 415)
+    └── BookError            the book is empty, has no text, cannot be read or stored
+        ├── UnsupportedBook  not a .txt, .md/.markdown or .epub (the API answers 415)
+        ├── BookTooLarge     an EPUB that unpacks past its caps, a zip bomb (413)
+        ├── BookTooLong      more characters than `BookLimits.characters` (400)
+        └── TooManyChapters  more chapters than `BookLimits.chapters` (400)
+
+Limits come in as a `BookLimits` (this module reads no settings). Each is decided before
+the work it protects: the text's length before its chapters are found, an EPUB's entries
+and unpacked bytes (counted while inflating, whatever the archive declares) before
+ebooklib opens it, its XHTML's size before it is parsed. Text no database can store (NUL,
+a lone surrogate) is refused too.
 
 Chapter headings in text (`split_chapters`) are lines that stand alone:
 
@@ -40,15 +49,24 @@ import importlib.util
 import io
 import posixpath
 import re
+import struct
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from urllib.parse import unquote
+
+from speechq.text_checks import forbidden_character
 
 __all__ = [
     "Book",
     "BookError",
+    "BookLimits",
+    "BookTooLarge",
+    "BookTooLong",
     "Chapter",
+    "TooManyChapters",
     "UnsupportedBook",
     "read_book",
     "read_epub",
@@ -88,6 +106,52 @@ class UnsupportedBook(BookError):
     """The file is not a format speechq reads (.txt, .md/.markdown, .epub)."""
 
 
+class BookTooLarge(BookError):
+    """An EPUB that unpacks past `BookLimits.expanded_bytes`, holds too many files, or
+    expands like a zip bomb; refused as soon as a cap is passed."""
+
+
+class BookTooLong(BookError):
+    """The book holds more characters than `BookLimits.characters`."""
+
+
+class TooManyChapters(BookError):
+    """The book has more chapters than `BookLimits.chapters`."""
+
+
+@dataclass(frozen=True)
+class BookLimits:
+    """The most a book may hold; None is no cap. The caller (the API) passes its own."""
+
+    expanded_bytes: int | None = None  # an EPUB's files unpacked, all together
+    characters: int | None = None  # the text: decoded (Markdown once cleaned), or read
+    chapters: int | None = None
+
+
+NO_LIMITS = BookLimits()
+
+
+def _check_storable(text: str) -> None:
+    if (problem := forbidden_character(text)) is not None:
+        raise BookError(f"The book's text holds {problem}, which cannot be stored; remove it.")
+
+
+def _check_length(characters: int, limits: BookLimits) -> None:
+    if limits.characters is not None and characters > limits.characters:
+        raise BookTooLong(
+            f"The book has {characters:,} characters; at most {limits.characters:,} are "
+            "accepted. Split it into volumes."
+        )
+
+
+def _check_chapters(chapters: int, limits: BookLimits) -> None:
+    if limits.chapters is not None and chapters > limits.chapters:
+        raise TooManyChapters(
+            f"The book has more than {limits.chapters:,} chapters; at most "
+            f"{limits.chapters:,} are accepted. Split it into volumes."
+        )
+
+
 # --- headings in plain text ---------------------------------------------------------------
 
 _NUMBER_WORD = (
@@ -108,6 +172,11 @@ _SPACE = re.compile(r"\s+")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"[.!?,;:\u2026\u2014][\"'\u201d\u2019)\]]*$")
 _OPENING_QUOTE = re.compile(r"[\"\u201c]")
+# A line that may be a heading: what `_MARKDOWN_HEADING` or `_KEYWORD_HEADING` start with.
+_HEADING_START = re.compile(
+    r"^[^\S\n]*(?:#|chapter|part|prologue|epilogue)", re.IGNORECASE | re.MULTILINE
+)
+_TEXT_LINE = re.compile(r"^[^\S\n]*\S.*$", re.MULTILINE)
 
 
 def _heading_title(line: str, *, after_blank: bool = True) -> str | None:
@@ -166,52 +235,81 @@ def _collapse(text: str) -> str:
 
 
 def _paragraphs(text: str) -> list[str]:
-    """Blank-line separated paragraphs with their whitespace collapsed, empty ones dropped."""
-    return [p for p in (_collapse(block) for block in _BLANK_LINES.split(text)) if p]
+    """Blank-line separated paragraphs with their whitespace collapsed, empty ones dropped.
+
+    Done on the whole text at once (a NUL marks the breaks: `text` holds none, see
+    `_check_storable`), so that a million short paragraphs cost no million regex calls.
+    """
+    marked = _SPACE.sub(" ", _BLANK_LINES.sub("\x00", text))
+    return [p for p in (piece.strip() for piece in marked.split("\x00")) if p]
 
 
-def split_chapters(text: str, *, title: str | None = None) -> Book:
-    """Find the chapters of `text` from its headings (see the module docstring)."""
+def _headings(text: str) -> list[tuple[str, int, int, bool]]:
+    """(title, start, end, bare) of each heading line `text[start:end]`; bare: a "CHAPTER
+    I" with no title of its own. Only lines that start like a heading are looked at."""
+    found: list[tuple[str, int, int, bool]] = []
+    after_heading = 0  # where the line after the last heading starts (the text's start)
+    for match in _HEADING_START.finditer(text):
+        start = match.start()
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end]
+        if start == after_heading:
+            after_blank = True  # the line after a heading starts a new paragraph
+        else:
+            previous = text.rfind("\n", 0, start - 1) + 1
+            after_blank = not text[previous : start - 1].strip()
+        heading = _heading_title(line, after_blank=after_blank)
+        if heading is not None:
+            found.append((heading, start, end, _is_bare_keyword_heading(line)))
+            after_heading = end + 1
+    return found
+
+
+def split_chapters(text: str, *, title: str | None = None, limits: BookLimits = NO_LIMITS) -> Book:
+    """Find the chapters of `text` from its headings (see the module docstring).
+
+    Raises BookTooLong before reading a text longer than `limits.characters`, and
+    TooManyChapters as soon as more than `limits.chapters` are found.
+    """
+    _check_length(len(text), limits)
+    _check_storable(text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         raise BookError("The book is empty: it has no text to read.")
 
-    preamble: list[str] = []
-    # (title, lines under it, whether the heading is a bare "CHAPTER I")
-    sections: list[tuple[str, list[str], bool]] = []
-    previous_blank = True
-    for line in text.split("\n"):
-        heading = _heading_title(line, after_blank=previous_blank)
-        if heading is not None:
-            sections.append((heading, [], _is_bare_keyword_heading(line)))
-            # The line after a heading starts a new paragraph, and may itself be a heading
-            # ("Part II" then "Chapter 5").
-            previous_blank = True
-            continue
-        (sections[-1][1] if sections else preamble).append(line)
-        previous_blank = not line.strip()
+    # A heading's lines run from the line after it to the line before the next heading.
+    sections = _headings(text)
+    preamble = text[: max(sections[0][1] - 1, 0)] if sections else text
 
     chapters: list[Chapter] = []
     pending_titles: list[str] = []
-    for n, (heading, lines, bare) in enumerate(sections):
-        if bare and (found := _title_line(lines, heading_follows=n + 1 < len(sections))):
-            title_line, lines = found
+    for n, (heading, _, end, bare) in enumerate(sections):
+        lines = text[end + 1 : sections[n + 1][1] - 1] if n + 1 < len(sections) else text[end + 1 :]
+        if bare and (
+            found := _title_line(lines.split("\n"), heading_follows=n + 1 < len(sections))
+        ):
+            title_line, rest = found
             heading = f"{heading}: {title_line}"
-        body = "\n\n".join(_paragraphs("\n".join(lines)))
+            lines = "\n".join(rest)
+        body = "\n\n".join(_paragraphs(lines))
         if not body:
             pending_titles.append(heading)
             continue
         chapters.append(Chapter(" \u2014 ".join([*pending_titles, heading]), body))
         pending_titles = []
+        _check_chapters(len(chapters), limits)
 
-    opening = _paragraphs("\n".join(preamble))
-    opening_lines = [line for line in preamble if line.strip()]
+    opening = _paragraphs(preamble)
+    # Its first lines with text: enough to tell a title page, and its title.
+    opening_lines = [m[0] for m in islice(_TEXT_LINE.finditer(preamble), TITLE_PAGE_MAX_LINES + 1)]
     is_title_page = (
         len(opening_lines) <= TITLE_PAGE_MAX_LINES
         and sum(len(p) for p in opening) < TITLE_PAGE_MAX_CHARACTERS
     )
     if opening and (not is_title_page or not sections):
         chapters.insert(0, Chapter("", "\n\n".join(opening)))
+        _check_chapters(len(chapters), limits)
     elif opening and title is None:
         title = _collapse(opening_lines[0])
 
@@ -240,22 +338,24 @@ def _decode(data: bytes) -> str:
         return data.decode("latin-1")
 
 
-def read_txt(data: bytes) -> Book:
+def read_txt(data: bytes, *, limits: BookLimits = NO_LIMITS) -> Book:
     """A plain-text book: chapters from its headings (see `split_chapters`)."""
-    return split_chapters(_decode(data))
+    return split_chapters(_decode(data), limits=limits)
 
 
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})")
-_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)|!\[[^\]]*\]\[[^\]]*\]")
-_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)|\[([^\]]*)\]\[[^\]]*\]")
-_AUTOLINK = re.compile(r"<(?:https?|mailto|ftp):[^>]*>")
-_HTML_TAG = re.compile(r"</?[A-Za-z][^>]*>")
+# The inline patterns never match a newline and the line ones are MULTILINE, so that many
+# lines are cleaned at once as they would be one by one (`_clean_markdown_text`).
+_IMAGE = re.compile(r"!\[[^\]\n]*\]\([^)\n]*\)|!\[[^\]\n]*\]\[[^\]\n]*\]")
+_LINK = re.compile(r"\[([^\]\n]*)\]\([^)\n]*\)|\[([^\]\n]*)\]\[[^\]\n]*\]")
+_AUTOLINK = re.compile(r"<(?:https?|mailto|ftp):[^>\n]*>")
+_HTML_TAG = re.compile(r"</?[A-Za-z][^>\n]*>")
 _REFERENCE_DEFINITION = re.compile(r"^[ \t]{0,3}\[[^\]]+\]:\s*\S.*$")
 _RULE = re.compile(r"^[ \t]*(?:(?:\*[ \t]*){3,}|(?:-[ \t]*){3,}|(?:_[ \t]*){3,})$")
-_QUOTE = re.compile(r"^[ \t]*(?:>[ \t]?)+")
-_LIST_MARKER = re.compile(r"^[ \t]*(?:[-*+]|\d+[.)])[ \t]+")
-_DEEP_HEADING = re.compile(r"^[ \t]*#{3,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
-_INLINE_CODE = re.compile(r"`+([^`]*)`+")
+_QUOTE = re.compile(r"^[ \t]*(?:>[ \t]?)+", re.MULTILINE)
+_LIST_MARKER = re.compile(r"^[ \t]*(?:[-*+]|\d+[.)])[ \t]+", re.MULTILINE)
+_DEEP_HEADING = re.compile(r"^[ \t]*#{3,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
+_INLINE_CODE = re.compile(r"`+([^`\n]*)`+")
 _STRONG = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 _EMPHASIS = re.compile(
     r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?!\*)|(?<![\w_])_(?=\S)(.+?)(?<=\S)_(?!\w)"
@@ -267,25 +367,40 @@ _ESCAPED = re.compile("[\ue000-\ue07f]")
 _SETEXT_UNDERLINE = re.compile(r" {0,3}(?P<marker>=+|-+)[ \t]*")
 _ATX_HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t]|$)")
 _FRONT_MATTER_LINE = re.compile(r"[ \t]*$|[ \t]*#|[ \t]*- |[ \t]+\S|[\w\"'-][^:]*:(?:[ \t]|$)")
+# A character any of the Markdown patterns above needs (or a list item's leading digit):
+# a line without one is plain text, passed through without trying them one by one.
+_MARKDOWN_SYNTAX = re.compile(r"[\\`*_\[\]<>!#~+=\-\ue000-\ue07f]|\A[ \t]*\d")
+
+
+def _is_dropped_line(line: str) -> bool:
+    """A reference definition or a rule: no text to read."""
+    return bool(_REFERENCE_DEFINITION.match(line) or _RULE.match(line))
+
+
+def _clean_markdown_text(text: str) -> list[str]:
+    """The lines of `text` (none of them dropped, see `_is_dropped_line`) with their
+    Markdown stripped; all at once, as each would be alone."""
+    # Escaped characters are hidden from the patterns below, then restored.
+    text = _ESCAPE.sub(lambda m: chr(_ESCAPED_BASE + ord(m[1])), text)
+    text = _QUOTE.sub("", text)
+    text = _LIST_MARKER.sub("", text)
+    text = _DEEP_HEADING.sub(r"\1", text)
+    text = _IMAGE.sub("", text)
+    text = _LINK.sub(lambda m: m[1] if m[1] is not None else m[2], text)
+    text = _AUTOLINK.sub("", text)
+    text = _HTML_TAG.sub("", text)
+    text = _INLINE_CODE.sub(r"\1", text)
+    text = _STRONG.sub(r"\2", text)
+    text = _EMPHASIS.sub(lambda m: m[1] if m[1] is not None else m[2], text)
+    text = _STRIKE.sub(r"\1", text)
+    # Restored line by line: a restored character may be a newline.
+    return [
+        _ESCAPED.sub(lambda m: chr(ord(m[0]) - _ESCAPED_BASE), line) for line in text.split("\n")
+    ]
 
 
 def _clean_markdown_line(line: str) -> str:
-    if _REFERENCE_DEFINITION.match(line) or _RULE.match(line):
-        return ""
-    # Escaped characters are hidden from the patterns below, then restored.
-    line = _ESCAPE.sub(lambda m: chr(_ESCAPED_BASE + ord(m[1])), line)
-    line = _QUOTE.sub("", line)
-    line = _LIST_MARKER.sub("", line)
-    line = _DEEP_HEADING.sub(r"\1", line)
-    line = _IMAGE.sub("", line)
-    line = _LINK.sub(lambda m: m[1] if m[1] is not None else m[2], line)
-    line = _AUTOLINK.sub("", line)
-    line = _HTML_TAG.sub("", line)
-    line = _INLINE_CODE.sub(r"\1", line)
-    line = _STRONG.sub(r"\2", line)
-    line = _EMPHASIS.sub(lambda m: m[1] if m[1] is not None else m[2], line)
-    line = _STRIKE.sub(r"\1", line)
-    return _ESCAPED.sub(lambda m: chr(ord(m[0]) - _ESCAPED_BASE), line)
+    return "" if _is_dropped_line(line) else _clean_markdown_text(line)[0]
 
 
 def _without_front_matter(lines: list[str]) -> list[str]:
@@ -302,24 +417,34 @@ def _without_front_matter(lines: list[str]) -> list[str]:
     return lines
 
 
-def _setext_heading(lines: list[str], paragraph: list[int], level: str) -> None:
+def _setext_heading(
+    lines: list[str], paragraph: list[int], level: str, uncleaned: dict[int, None]
+) -> None:
     """Make the underlined paragraph at `paragraph` (indexes in `lines`) a heading.
 
     CommonMark makes the whole paragraph the heading; a chapter title is one short line,
     so a longer paragraph stays text (and its underline is dropped by the caller).
+    `uncleaned` holds the indexes of lines still to be cleaned of their Markdown.
     """
     if len(paragraph) != 1:
         return
-    heading = f"{level} {_collapse(lines[paragraph[0]])}"
+    index = paragraph[0]
+    line = _clean_markdown_line(lines[index]) if index in uncleaned else lines[index]
+    heading = f"{level} {_collapse(line)}"
     # Measured as an ATX heading line, so that `_heading_title` takes it.
     if heading.strip() != level and len(heading) <= HEADING_MAX_CHARACTERS:
-        lines[paragraph[0]] = heading
+        lines[index] = heading
+        uncleaned.pop(index, None)
 
 
 def _markdown_lines(text: str) -> list[str]:
     """The lines of `text` as plain text, fenced code left out, `#`/`##` markers kept and
-    setext headings (a paragraph underlined with `===` or `---`) written as them."""
+    setext headings (a paragraph underlined with `===` or `---`) written as them.
+
+    Lines with Markdown in them are kept as they are while the blocks are read, then
+    cleaned all together (one regex pass each, not one per line)."""
     lines: list[str] = []
+    uncleaned: dict[int, None] = {}  # indexes in `lines`, in order
     # Indexes in `lines` of the paragraph being read, which an underline would make a
     # heading: [] between blocks, None inside a list item or quote, whose following lines
     # continue it (an underline there is a rule, as in CommonMark).
@@ -327,6 +452,14 @@ def _markdown_lines(text: str) -> list[str]:
     fence: str | None = None
     raw_lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     for line in _without_front_matter(raw_lines):
+        if not _MARKDOWN_SYNTAX.search(line):  # plain text: the branches below, faster
+            if fence is None:
+                lines.append(line)
+                if not line.strip():
+                    paragraph = []
+                elif paragraph is not None:
+                    paragraph.append(len(lines) - 1)
+            continue
         if match := _FENCE.match(line):
             marker = match[1]
             paragraph = []
@@ -341,11 +474,16 @@ def _markdown_lines(text: str) -> list[str]:
             continue
         underline = _SETEXT_UNDERLINE.fullmatch(line)
         if underline and paragraph:
-            _setext_heading(lines, paragraph, "#" if underline["marker"][0] == "=" else "##")
+            level = "#" if underline["marker"][0] == "=" else "##"
+            _setext_heading(lines, paragraph, level, uncleaned)
             lines.append("")
             paragraph = []
             continue
-        lines.append(_clean_markdown_line(line))
+        if _is_dropped_line(line):
+            lines.append("")
+        else:
+            uncleaned[len(lines)] = None
+            lines.append(line)
         if (
             not line.strip()
             or _ATX_HEADING.match(line)
@@ -357,10 +495,14 @@ def _markdown_lines(text: str) -> list[str]:
             paragraph = None
         elif paragraph is not None and not underline:
             paragraph.append(len(lines) - 1)
+    if uncleaned:
+        cleaned = _clean_markdown_text("\n".join(lines[index] for index in uncleaned))
+        for index, line in zip(uncleaned, cleaned, strict=True):
+            lines[index] = line
     return lines
 
 
-def read_markdown(data: bytes) -> Book:
+def read_markdown(data: bytes, *, limits: BookLimits = NO_LIMITS) -> Book:
     """A Markdown book as speakable text; `#`/`##` headings define its chapters.
 
     Setext headings count as `#` (`===` underline) and `##` (`---`) when the underlined
@@ -371,13 +513,16 @@ def read_markdown(data: bytes) -> Book:
     Emphasis, inline code, links (their text stays), images, HTML tags, quotes, list
     markers and rules are stripped; fenced code blocks are left out, since code is not
     read aloud. A leading `# Title`, when it is the only `#` heading and `##` chapters
-    follow, is the book's title rather than a chapter.
+    follow, is the book's title rather than a chapter. `limits.characters` caps the
+    decoded text, markup included, before it is read.
     """
-    lines = _markdown_lines(_decode(data))
+    text = _decode(data)
+    _check_length(len(text), limits)
+    lines = _markdown_lines(text)
     levels = [
         (i, m[1])
         for i, line in enumerate(lines)
-        if (m := _MARKDOWN_HEADING.fullmatch(line.strip()))
+        if "#" in line and (m := _MARKDOWN_HEADING.fullmatch(line.strip()))
     ]
     title: str | None = None
     first_text = next((i for i, line in enumerate(lines) if line.strip()), None)
@@ -389,7 +534,7 @@ def read_markdown(data: bytes) -> Book:
     ):
         title = _heading_title(lines[first_text])
         lines[first_text] = ""
-    return split_chapters("\n".join(lines), title=title)
+    return split_chapters("\n".join(lines), title=title, limits=limits)
 
 
 # --- EPUB --------------------------------------------------------------------------------------
@@ -404,6 +549,7 @@ _BLOCK_TAGS = (
     "tr", "section", "article", "header", "footer", "figcaption", "table", "ul", "ol", "dl",
     "br", "hr",
 )  # fmt: skip
+_LEFT_OUT_TAGS = frozenset({"script", "style", "aside", "nav", "template", "head"})
 _PARAGRAPH_BREAK = "\u2029"
 _XML_ENCODING = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding=[\"']([A-Za-z0-9._-]+)")
 _XML_DECLARATION = re.compile(r"\A\ufeff?\s*<\?xml[^>]*\?>")
@@ -450,9 +596,40 @@ def _xhtml_text(content: bytes) -> str:
     return _XML_DECLARATION.sub("", text, count=1)
 
 
+def _is_left_out(tag: object) -> bool:
+    """Whether `tag` and everything in it is left out of the text (see `read_epub`)."""
+    name = tag.name  # type: ignore[attr-defined]
+    return name in _LEFT_OUT_TAGS or _is_note(tag) or (name == "sup" and _is_note_marker(tag))
+
+
+def _block_text(root: object) -> str:
+    """The text under `root`, with `_PARAGRAPH_BREAK` around each block element and the
+    left-out ones skipped: one walk of the tree (inserting the breaks into it, as a tree
+    edit, costs a scan of the siblings each time, quadratic in a long chapter)."""
+    from bs4 import CData, NavigableString, Tag
+
+    parts: list[str] = []
+    # (node, True) marks the end of a block element, where its closing break goes.
+    stack: list[tuple[object, bool]] = [(child, False) for child in reversed(root.contents)]  # type: ignore[attr-defined]
+    while stack:
+        node, closing = stack.pop()
+        if closing:
+            parts.append(_PARAGRAPH_BREAK)
+        elif isinstance(node, Tag):
+            if _is_left_out(node):
+                continue
+            if node.name in _BLOCK_TAGS:
+                parts.append(_PARAGRAPH_BREAK)
+                stack.append((node, True))
+            stack.extend((child, False) for child in reversed(node.contents))
+        elif type(node) in (NavigableString, CData):  # not comments, doctypes, scripts
+            parts.append(str(node))
+    return "".join(parts)
+
+
 def _document_paragraphs(content: bytes) -> tuple[list[str], bool]:
     """A document's paragraphs, and whether it declares itself cover, toc or copyright."""
-    from bs4 import BeautifulSoup, NavigableString
+    from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(_xhtml_text(content), _PARSER)
     body = soup.body or soup
@@ -460,17 +637,7 @@ def _document_paragraphs(content: bytes) -> tuple[list[str], bool]:
     for tag in [body, *body.find_all(["section", "div", "nav"], limit=3)]:
         declared |= _attribute_words(tag, "epub:type")
     skipped_kind = bool(declared & _SKIPPED_DOCUMENT_TYPES)
-
-    removed = body.find_all(["script", "style", "aside", "nav", "template", "head"])
-    removed += [t for t in body.find_all(True) if _is_note(t)]
-    removed += [t for t in body.find_all("sup") if _is_note_marker(t)]
-    for tag in removed:
-        if not tag.decomposed:
-            tag.decompose()
-    for tag in body.find_all(_BLOCK_TAGS):
-        tag.insert_before(NavigableString(_PARAGRAPH_BREAK))
-        tag.insert_after(NavigableString(_PARAGRAPH_BREAK))
-    text = body.get_text()
+    text = _block_text(body)
     paragraphs = [p for p in (_collapse(piece) for piece in text.split(_PARAGRAPH_BREAK)) if p]
     return paragraphs, skipped_kind
 
@@ -513,17 +680,182 @@ def _navigation_titles(epub_book: object) -> dict[str, str]:
     return titles
 
 
+# --- EPUB archive limits -------------------------------------------------------------------
+
+MAX_EPUB_ENTRIES = 10_000
+# Each entry's central-directory record is 46 bytes and its name; zipfile parses them all
+# before anything can be counted, so the directory's size is checked first.
+MAX_CENTRAL_DIRECTORY_BYTES = MAX_EPUB_ENTRIES * 512
+# An entry (or the whole archive) may unpack to this much at any ratio; past it, to at
+# most the ratio times its packed size. Text deflates 3 to 10 times; zeros, 1,000 times.
+RATIO_FREE_BYTES = 1_000_000
+MAX_ENTRY_RATIO = 100
+MAX_ARCHIVE_RATIO = 100
+INFLATE_CHUNK_BYTES = 256 * 1024
+# The XHTML an EPUB's spine may hold for each character `BookLimits.characters` allows:
+# markup and multi-byte characters included; it is parsed into a tree all at once.
+MARKUP_BYTES_PER_CHARACTER = 6
+
+_END_RECORD = struct.Struct("<4s4H2LH")  # end of central directory
+_END_RECORD64_LOCATOR = struct.Struct("<4sLQL")
+_END_RECORD64 = struct.Struct("<4sQ2H2L4Q")
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+
+
+def _declared_directory(data: bytes) -> tuple[int, int]:
+    """(entries, bytes) the end record declares for the central directory, found the way
+    zipfile finds it (ZIP64 included); BookError when there is none."""
+    at = len(data) - _END_RECORD.size
+    if at < 0 or data[at : at + 4] != b"PK\x05\x06" or data[-2:] != b"\x00\x00":
+        at = data.rfind(b"PK\x05\x06", max(0, len(data) - _END_RECORD.size - 0xFFFF))
+    if at < 0 or at + _END_RECORD.size > len(data):
+        raise BookError(
+            "This EPUB could not be read (not a zip archive); check that it opens in a reader."
+        )
+    entries, size = _END_RECORD.unpack_from(data, at)[4:6]
+    locator = at - _END_RECORD64_LOCATOR.size
+    record = locator - _END_RECORD64.size
+    if record >= 0 and data[locator : locator + 4] == b"PK\x06\x07":
+        if data[record : record + 4] == b"PK\x06\x06":
+            entries, size = _END_RECORD64.unpack_from(data, record)[7:9]
+    return entries, size
+
+
+def _open_archive(data: bytes) -> zipfile.ZipFile:
+    """The archive, once its central directory is known to be of a sane size."""
+    entries, directory_bytes = _declared_directory(data)
+    if entries > MAX_EPUB_ENTRIES:
+        raise BookTooLarge(
+            f"This EPUB holds {entries:,} files; at most {MAX_EPUB_ENTRIES:,} are accepted."
+        )
+    if directory_bytes > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise BookTooLarge(
+            f"This EPUB's list of files takes {directory_bytes:,} bytes, more than "
+            f"{MAX_EPUB_ENTRIES:,} files (the most accepted) need; it was refused."
+        )
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except Exception as exc:  # zipfile raises many kinds on a damaged archive
+        raise BookError(
+            f"This EPUB could not be read ({exc}); check that it opens in a reader."
+        ) from exc
+    if len(archive.infolist()) > MAX_EPUB_ENTRIES:
+        raise BookTooLarge(
+            f"This EPUB holds {len(archive.infolist()):,} files; at most "
+            f"{MAX_EPUB_ENTRIES:,} are accepted."
+        )
+    return archive
+
+
+def _packed_data(data: bytes, info: zipfile.ZipInfo) -> memoryview:
+    """An entry's packed bytes, located as zipfile locates them (its local header)."""
+    at = info.header_offset
+    if at < 0 or at + _LOCAL_HEADER.size > len(data):
+        raise BookError(f"This EPUB is damaged: {_entry_name(info)} is missing.")
+    header = _LOCAL_HEADER.unpack_from(data, at)
+    if header[0] != b"PK\x03\x04":
+        raise BookError(f"This EPUB is damaged: {_entry_name(info)} has no header.")
+    start = at + _LOCAL_HEADER.size + header[10] + header[11]
+    return memoryview(data)[start : start + info.compress_size]
+
+
+def _entry_name(info: zipfile.ZipInfo) -> str:
+    return repr(info.filename[:80])
+
+
+def _check_expansion(data: bytes, archive: zipfile.ZipFile, limits: BookLimits) -> None:
+    """Unpack every entry in chunks, keeping nothing, and raise BookTooLarge as soon as
+    the archive passes `limits.expanded_bytes` or an entry (or the archive) expands more
+    than its ratio allows. The bytes are counted as inflated, whatever sizes the archive
+    declares; a declared total over the cap is refused without inflating anything.
+
+    zipfile (under ebooklib) then reads the same bytes again: inflating twice costs about
+    a second for the largest book accepted, where keeping them would double its memory.
+    """
+    cap = limits.expanded_bytes
+    infos = archive.infolist()
+    declared = sum(info.file_size for info in infos)
+    if cap is not None and declared > cap:
+        raise BookTooLarge(_too_large_message(cap))
+    expanded = 0
+
+    def count(entry_bytes: int, delta: int, info: zipfile.ZipInfo) -> None:
+        nonlocal expanded
+        expanded += delta
+        if cap is not None and expanded > cap:
+            raise BookTooLarge(_too_large_message(cap))
+        if entry_bytes > RATIO_FREE_BYTES and entry_bytes > MAX_ENTRY_RATIO * max(
+            info.compress_size, 1
+        ):
+            raise BookTooLarge(
+                f"{_entry_name(info)} in this EPUB unpacks to more than {MAX_ENTRY_RATIO} "
+                "times its packed size, as only a zip bomb does; the book was refused."
+            )
+        if expanded > RATIO_FREE_BYTES and expanded > MAX_ARCHIVE_RATIO * len(data):
+            raise BookTooLarge(
+                f"This EPUB unpacks to more than {MAX_ARCHIVE_RATIO} times its size, as only "
+                "a zip bomb does; the book was refused."
+            )
+
+    for info in infos:
+        if info.flag_bits & 0x1:
+            raise BookError(f"{_entry_name(info)} in this EPUB is encrypted; it cannot be read.")
+        packed = _packed_data(data, info)
+        if info.compress_type == zipfile.ZIP_STORED:
+            count(len(packed), len(packed), info)
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            _inflate_counting(packed, info, count)
+        else:
+            raise BookError(
+                f"{_entry_name(info)} in this EPUB is compressed with method "
+                f"{info.compress_type}; an EPUB's files are stored or deflated."
+            )
+
+
+def _inflate_counting(
+    packed: memoryview, info: zipfile.ZipInfo, count: Callable[[int, int, zipfile.ZipInfo], None]
+) -> None:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    entry_bytes = 0
+    position = 0
+    try:
+        while not inflater.eof:
+            if inflater.unconsumed_tail:
+                chunk = inflater.decompress(inflater.unconsumed_tail, INFLATE_CHUNK_BYTES)
+            elif position < len(packed):
+                block = packed[position : position + INFLATE_CHUNK_BYTES]
+                position += len(block)
+                chunk = inflater.decompress(block, INFLATE_CHUNK_BYTES)
+            else:
+                break  # the data ends early: zipfile reports it when reading
+            entry_bytes += len(chunk)
+            count(entry_bytes, len(chunk), info)
+    except zlib.error as exc:
+        raise BookError(
+            f"{_entry_name(info)} in this EPUB is damaged ({exc}); check that it opens in a reader."
+        ) from exc
+
+
+def _too_large_message(cap: int) -> str:
+    return (
+        f"This EPUB unpacks to more than {cap / 1_000_000:g} MB, the most accepted; make its "
+        "images smaller or split the book into volumes."
+    )
+
+
 def _is_epub_zip(data: bytes) -> bool:
+    """Whether `data` is a zip archive whose `mimetype` entry says EPUB (read no further
+    than that, whatever the entry's size)."""
     if not zipfile.is_zipfile(io.BytesIO(data)):
         return False
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return archive.read("mimetype").strip() == EPUB_MIMETYPE
-    except (KeyError, zipfile.BadZipFile, OSError):
+        with _open_archive(data) as archive, archive.open("mimetype") as entry:
+            return entry.read(len(EPUB_MIMETYPE) + 64).strip() == EPUB_MIMETYPE
+    except (BookError, KeyError, zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error):
         return False
 
 
-def read_epub(data: bytes) -> Book:
+def read_epub(data: bytes, *, limits: BookLimits = NO_LIMITS) -> Book:
     """An EPUB (2 or 3) read in spine order, chapter titles from its navigation.
 
     Left out: footnotes, endnotes and their markers (`epub:type`/`role` note values,
@@ -531,21 +863,39 @@ def read_epub(data: bytes) -> Book:
     items, and documents with no text or marked as cover, toc or copyright page. A
     document with no navigation entry continues the previous chapter ("Chapter 1" when it
     comes first). A chapter's first paragraph is dropped when it repeats the title.
+
+    Before ebooklib opens it, the archive must hold at most `MAX_EPUB_ENTRIES` files and
+    unpack within `limits.expanded_bytes` and the ratios (BookTooLarge); its spine's XHTML
+    must fit `MARKUP_BYTES_PER_CHARACTER` per character allowed before it is parsed, and
+    its text `limits.characters` (BookTooLong); `limits.chapters` caps its chapters.
     """
     from ebooklib import epub
 
+    with _open_archive(data) as archive:
+        _check_expansion(data, archive, limits)
     try:
         epub_book = epub.read_epub(io.BytesIO(data), options={"ignore_ncx": True})
         titles = _navigation_titles(epub_book)
-        documents = []
+        spine = []
         for idref, linear in epub_book.spine:
             item = epub_book.get_item_with_id(idref)
             if item is None or isinstance(item, epub.EpubNav) or linear == "no":
                 continue
             if not isinstance(item, epub.EpubHtml):
                 continue
-            documents.append((item.file_name, _document_paragraphs(item.get_content())))
+            spine.append(item)
+        _check_markup(sum(len(item.get_content()) for item in spine), limits)
+        documents = []
+        characters = 0
+        for item in spine:
+            paragraphs, skipped_kind = _document_paragraphs(item.get_content())
+            if not skipped_kind:
+                characters += sum(len(p) for p in paragraphs)
+                _check_length(characters, limits)
+            documents.append((item.file_name, (paragraphs, skipped_kind)))
         metadata_titles = epub_book.get_metadata("DC", "title")
+    except BookError:
+        raise
     except Exception as exc:  # ebooklib, zipfile and lxml raise many kinds on bad input
         raise BookError(
             f"This EPUB could not be read ({exc}); check that it opens in a reader."
@@ -568,23 +918,43 @@ def read_epub(data: bytes) -> Book:
     chapters = [(title, paragraphs) for title, paragraphs in chapters if paragraphs]
     if not chapters:
         raise BookError("This EPUB has no readable text (only images or navigation?).")
-    return Book(
+    _check_chapters(len(chapters), limits)
+    book = Book(
         title=book_title or None,
         chapters=tuple(Chapter(title, "\n\n".join(ps)) for title, ps in chapters),
     )
+    for text in (
+        book.title or "",
+        *(c.title for c in book.chapters),
+        *(c.text for c in book.chapters),
+    ):
+        _check_storable(text)
+    return book
 
 
-def read_book(data: bytes, filename: str) -> Book:
+def _check_markup(markup_bytes: int, limits: BookLimits) -> None:
+    if limits.characters is None:
+        return
+    cap = limits.characters * MARKUP_BYTES_PER_CHARACTER
+    if markup_bytes > cap:
+        raise BookTooLong(
+            f"This EPUB's text documents hold {markup_bytes / 1_000_000:.1f} MB of XHTML, "
+            f"more than a book of {limits.characters:,} characters (the most accepted) "
+            "needs. Split it into volumes."
+        )
+
+
+def read_book(data: bytes, filename: str, *, limits: BookLimits = NO_LIMITS) -> Book:
     """Read an uploaded book: EPUB by its content, else .txt or .md/.markdown by name."""
     if not data.strip():
         raise BookError(f"{filename or 'The file'} is empty.")
     extension = posixpath.splitext(filename.lower())[1]
     if _is_epub_zip(data) or extension == ".epub":
-        return read_epub(data)
+        return read_epub(data, limits=limits)
     if extension == ".txt":
-        return read_txt(data)
+        return read_txt(data, limits=limits)
     if extension in (".md", ".markdown"):
-        return read_markdown(data)
+        return read_markdown(data, limits=limits)
     raise UnsupportedBook(
         f"Cannot read {filename or 'this file'!r}: upload a .txt, .md/.markdown or .epub book."
     )
