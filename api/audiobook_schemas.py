@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
 
 from api.schemas import JobErrorPublic, Metadata, unix
+from speechq.text_checks import CheckedModel
 from storage import audiobook_queries as books
 from storage.audiobook_models import Audiobook, AudiobookChapter
 
@@ -24,30 +25,39 @@ __all__ = [
     "audiobook_public",
     "audiobooks_public",
     "MAX_BOOK_CHARACTERS",
+    "MAX_CHAPTERS",
+    "MAX_SEGMENTS",
 ]
 
 BookFormat = Literal["mp3", "opus", "aac", "flac", "wav"]
-# About 60 hours of audio: a long novel is ~1M characters.
+# About 60 hours of audio: a long novel is ~1M characters. Counted on the planned text,
+# and first on the decoded text of a `text` or a file, before its chapters are found.
 MAX_BOOK_CHARACTERS = 5_000_000
+# A book's chapters, however they come (JSON `chapters`, headings in `text` or a file, an
+# EPUB's navigation); `include_chapters` and `chapter_voices` name at most as many.
 MAX_CHAPTERS = 2000
+# A book's segments (provider requests, stored rows): a 5M-character book of ordinary
+# paragraphs has some 50,000; a million one-letter paragraphs are refused while planned.
+MAX_SEGMENTS = 100_000
+VoiceName = Annotated[str, Field(max_length=200)]
 
 
-class ChapterCreate(BaseModel):
+class ChapterCreate(CheckedModel):
     model_config = ConfigDict(extra="ignore")
 
     title: str = Field(default="", max_length=500)
     text: str = Field(min_length=1)
-    voice: str | None = Field(default=None, max_length=200)
+    voice: VoiceName | None = None
 
 
-class AudiobookOptions(BaseModel):
+class AudiobookOptions(CheckedModel):
     """Everything but the book's text: shared by the JSON body and the multipart form."""
 
     model_config = ConfigDict(extra="ignore")
 
     title: str | None = Field(default=None, max_length=500)
     model: str = Field(min_length=1, max_length=200)
-    voice: str | None = Field(default=None, max_length=200)
+    voice: VoiceName | None = None
     response_format: BookFormat = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     read_titles: bool = True
@@ -56,7 +66,9 @@ class AudiobookOptions(BaseModel):
     # Which chapters to make (0-based, in the book's order); all when absent.
     include_chapters: list[int] | None = Field(default=None, max_length=MAX_CHAPTERS)
     # A voice per chapter, by index ("2": "nova"); a chapter's own `voice` wins.
-    chapter_voices: dict[str, str] | None = None
+    chapter_voices: dict[Annotated[str, Field(max_length=12)], VoiceName] | None = Field(
+        default=None, max_length=MAX_CHAPTERS
+    )
     user: str | None = Field(default=None, max_length=256)
     webhook_url: str | None = Field(default=None, max_length=2048)
     metadata: Metadata | None = None
@@ -76,12 +88,12 @@ class AudiobookCreate(AudiobookOptions):
         return self
 
 
-class ChapterRerender(BaseModel):
+class ChapterRerender(CheckedModel):
     model_config = ConfigDict(extra="ignore")
 
-    text: str | None = Field(default=None, min_length=1)
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_BOOK_CHARACTERS)
     title: str | None = Field(default=None, max_length=500)
-    voice: str | None = Field(default=None, max_length=200)
+    voice: VoiceName | None = None
 
 
 class AudiobookQuote(BaseModel):

@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from api.audiobook_schemas import (
     MAX_BOOK_CHARACTERS,
+    MAX_CHAPTERS,
+    MAX_SEGMENTS,
     AudiobookCreate,
     AudiobookOptions,
     AudiobookQuote,
@@ -35,7 +37,15 @@ from speechq.registry import SPEECH
 from storage import audiobook_queries as books
 from storage.audiobook_models import Audiobook, AudiobookChapter
 from storage.models import utcnow
-from worker.audiobook.book import BookError, UnsupportedBook, read_book, split_chapters
+from worker.audiobook.book import (
+    BookError,
+    BookLimits,
+    BookTooLarge,
+    BookTooLong,
+    UnsupportedBook,
+    read_book,
+    split_chapters,
+)
 from worker.audiobook.dispatch import dispatch
 from worker.audiobook.plan import BookPlan, ChapterInput, ChapterPlan, plan_book
 from worker.audiobook.segments import segment_cache_key
@@ -44,6 +54,7 @@ from worker.providers import get_provider
 __all__ = [
     "BookRequest",
     "MAX_BOOK_FILE_BYTES",
+    "book_limits",
     "read_json_request",
     "read_form_request",
     "read_request",
@@ -87,24 +98,56 @@ def _fingerprint(raw: object) -> dict[str, Any]:
     return raw if isinstance(raw, dict) else {"body": raw}
 
 
-def read_json_request(raw: object) -> BookRequest:
+def book_limits(state: AppState) -> BookLimits:
+    """What a book read from `text` or a file may hold; JSON `chapters` have the same caps
+    in their schema."""
+    return BookLimits(
+        expanded_bytes=int(state.settings.max_book_expanded_mb * 1_000_000),
+        characters=MAX_BOOK_CHARACTERS,
+        chapters=MAX_CHAPTERS,
+    )
+
+
+def _book_error(exc: BookError, param: str) -> ApiError:
+    """The answer to a book that cannot be taken; `param` names the field it came in."""
+    if isinstance(exc, UnsupportedBook):
+        return ApiError(415, "unsupported_format", str(exc), param=param)
+    if isinstance(exc, BookTooLarge):
+        return ApiError(413, "request_too_large", str(exc), param=param)
+    if isinstance(exc, BookTooLong):
+        return ApiError(400, "input_too_long", str(exc), param=param)
+    return ApiError(400, "invalid_request", str(exc), param=param)
+
+
+def read_json_request(raw: object, limits: BookLimits) -> BookRequest:
     try:
         body = AudiobookCreate.model_validate(raw)
     except ValidationError as exc:
         raise validation_error(exc.errors()) from None
     if body.chapters is not None:
+        # Whitespace collapses when planned: what is left is a floor of the characters to
+        # read, so a book surely too long is refused before guardrails and planning.
+        floor = sum(len("".join(c.text.split())) for c in body.chapters)
+        if floor > MAX_BOOK_CHARACTERS:
+            raise ApiError(
+                400,
+                "input_too_long",
+                f"The book has {floor:,} characters to read, not counting spaces; at most "
+                f"{MAX_BOOK_CHARACTERS:,} are accepted. Split it into volumes.",
+                param="chapters",
+            )
         chapters = tuple(ChapterInput(c.title, c.text, c.voice) for c in body.chapters)
         return BookRequest(body, body.title or "Untitled", chapters, _fingerprint(raw))
     assert body.text is not None
     try:
-        found = split_chapters(body.text, title=body.title)
+        found = split_chapters(body.text, title=body.title, limits=limits)
     except BookError as exc:
-        raise ApiError(400, "invalid_request", str(exc), param="text") from None
+        raise _book_error(exc, "text") from None
     chapters = tuple(ChapterInput(c.title, c.text) for c in found.chapters)
     return BookRequest(body, body.title or found.title or "Untitled", chapters, _fingerprint(raw))
 
 
-async def read_form_request(request: Request) -> BookRequest:
+async def read_form_request(request: Request, limits: BookLimits) -> BookRequest:
     form = await parse_limited_form(request, lambda _model: MAX_BOOK_FILE_BYTES)
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
@@ -129,20 +172,21 @@ async def read_form_request(request: Request) -> BookRequest:
     data = await upload.read()
     filename = upload.filename or ""
     try:
-        found = await run_in_threadpool(read_book, data, filename)
-    except UnsupportedBook as exc:
-        raise ApiError(415, "unsupported_format", str(exc), param="file") from None
+        found = await run_in_threadpool(read_book, data, filename, limits=limits)
     except BookError as exc:
-        raise ApiError(400, "invalid_request", str(exc), param="file") from None
+        raise _book_error(exc, "file") from None
     chapters = tuple(ChapterInput(c.title, c.text) for c in found.chapters)
     fingerprint = {**fields, "file": [filename, hashlib.sha256(data).hexdigest()]}
     return BookRequest(options, options.title or found.title or "Untitled", chapters, fingerprint)
 
 
-async def read_request(request: Request) -> BookRequest:
+async def read_request(request: Request, state: AppState) -> BookRequest:
+    """The book in the request, JSON or a file, read within `book_limits` (in a thread:
+    finding chapters in a long text takes a while)."""
+    limits = book_limits(state)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        return await read_form_request(request)
+        return await read_form_request(request, limits)
     try:
         raw = await request.json()
     except ValueError:
@@ -152,7 +196,7 @@ async def read_request(request: Request) -> BookRequest:
             "Send the book as JSON ({'title', 'model', 'chapters' or 'text'}) or as "
             "multipart/form-data with a 'file'.",
         ) from None
-    return read_json_request(raw)
+    return await run_in_threadpool(read_json_request, raw, limits)
 
 
 # --- planning and pricing -----------------------------------------------------------------
@@ -173,9 +217,12 @@ def segment_limit(state: AppState, model: str) -> int | None:
 
 
 def prepare(state: AppState, principal: Principal, request: BookRequest) -> Prepared:
-    """Plan and price the book; raises 4xx for what a person can fix."""
+    """Check the options, plan and price the book; raises 4xx for what a person can fix.
+    The quote and the submit both come through here, so they refuse the same requests.
+    Resolves the webhook's host, so call it from a thread."""
     options = request.options
     model = check_model(state, options.model, SPEECH)
+    check_webhook_url(state, options.webhook_url)
     voices = options.chapter_voices or {}
     for key in voices:
         if not key.isdigit():
@@ -200,6 +247,7 @@ def prepare(state: AppState, principal: Principal, request: BookRequest) -> Prep
             read_titles=options.read_titles,
             paragraph_pause_ms=options.paragraph_pause_ms,
             only=options.include_chapters,
+            max_segments=MAX_SEGMENTS,
         )
     except ValueError as exc:
         raise ApiError(400, "invalid_request", str(exc), param="chapters") from None
@@ -276,7 +324,6 @@ def submit_book(
             param="max_cost_usd",
         )
     check_rate_limit(state, principal)
-    check_webhook_url(state, options.webhook_url)
     check_budgets(state, session, principal, options.user)
     book = Audiobook(
         id=new_id("book"),

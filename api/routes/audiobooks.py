@@ -82,7 +82,7 @@ _BOOK_BODY: dict[str, Any] = {
 async def quote_audiobook(
     request: Request, state: StateDep, principal: CurrentKey
 ) -> AudiobookQuote:
-    book_request = await read_request(request)
+    book_request = await read_request(request, state)
     prepared = await run_in_threadpool(prepare, state, principal, book_request)
     return quote_of(prepared)
 
@@ -100,7 +100,7 @@ async def create_audiobook(
 ) -> JSONResponse:
     """Accepts `Idempotency-Key` like the job routes: the same key and request within 24 h
     return the first book (200)."""
-    book_request = await read_request(request)
+    book_request = await read_request(request, state)
     idempotency = idempotency_of(request, book_request.fingerprint)
     book, created = await run_in_threadpool(_create, state, principal, book_request, idempotency)
     return JSONResponse(book.model_dump(mode="json"), status_code=202 if created else 200)
