@@ -189,7 +189,7 @@ async def read_request(request: Request, state: AppState) -> BookRequest:
         return await read_form_request(request, limits)
     try:
         raw = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
         raise ApiError(
             400,
             "invalid_request",

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from api.audiobook_schemas import (
     MAX_CHAPTERS,
+    MAX_SEGMENTS,
     AudiobookCreate,
     AudiobookPublic,
     AudiobookQuote,
@@ -36,6 +37,7 @@ from api.errors import ApiError
 from api.idempotency import Idempotency, find_previous, idempotency_of
 from api.job_access import audio_response
 from api.state import AppState
+from api.submission import apply_guardrails
 from speechq.domain import AUDIO_CONTENT_TYPES, TERMINAL_STATUSES, JobStatus
 from storage import audiobook_queries as books
 from storage.audiobook_models import Audiobook, AudiobookChapter
@@ -54,12 +56,31 @@ router = APIRouter(prefix="/v1/audiobooks", tags=["audiobooks"])
 # before it reaches a database column that cannot hold it.
 ChapterIndex = Annotated[int, Path(ge=0, lt=MAX_CHAPTERS)]
 
+
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its `$defs` written in place: a schema placed inside the
+    OpenAPI document cannot point at `#/$defs/…` of its own root."""
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return inline(schema)  # type: ignore[no-any-return]
+
+
 # The body is JSON or multipart (a book file), read by hand: document both.
 _BOOK_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": AudiobookCreate.model_json_schema()},
+            "application/json": {"schema": _inline_defs(AudiobookCreate.model_json_schema())},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -237,15 +258,21 @@ def rerender_chapter(
     characters = chapter.characters
     if body.text is not None or body.voice is not None or body.title is not None:
         text = body.text if body.text is not None else chapter.text
-        planned = plan_chapter(
-            index,
-            ChapterInput(title, text, voice),
-            limit=segment_limit(state, book.model),
-            read_titles=bool(book.options.get("read_titles", True)),
-            paragraph_pause_ms=int(
-                book.options.get("paragraph_pause_ms", DEFAULT_PARAGRAPH_PAUSE_MS)
-            ),
-        )
+        if body.text is not None:  # new text meets the guardrails a new book meets
+            text = apply_guardrails(state, principal, book.model, text, param="text")
+        try:
+            planned = plan_chapter(
+                index,
+                ChapterInput(title, text, voice),
+                limit=segment_limit(state, book.model),
+                read_titles=bool(book.options.get("read_titles", True)),
+                paragraph_pause_ms=int(
+                    book.options.get("paragraph_pause_ms", DEFAULT_PARAGRAPH_PAUSE_MS)
+                ),
+                max_segments=MAX_SEGMENTS,
+            )
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", str(exc), param="text") from None
         characters = planned.characters
         segments = segment_rows(planned, model=book.model, speed=book.speed)
     if not books.rerender_chapter(

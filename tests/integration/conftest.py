@@ -372,6 +372,7 @@ def stack(
         "SPEECHQ_JOB_LEASE_SECONDS": "3",
         # Test servers (audio by URL, webhook receivers) listen on 127.0.0.1.
         "SPEECHQ_WEBHOOK_ALLOW_PRIVATE": "true",
+        "SPEECHQ_FETCH_ALLOW_PRIVATE": "true",
         "SPEECHQ_WEBHOOK_RETRY_SCHEDULE": "1,1,1,1",
         # Shorter than the slow fake provider, so the 504 path is reachable.
         "SPEECHQ_SYNC_TIMEOUT_SECONDS": "4.5",
