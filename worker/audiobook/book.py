@@ -58,6 +58,7 @@ from itertools import islice
 from urllib.parse import unquote
 
 from speechq.text_checks import forbidden_character
+from worker.audiobook.whitespace import sub_whitespace
 
 __all__ = [
     "Book",
@@ -231,7 +232,7 @@ def _title_line(lines: list[str], *, heading_follows: bool) -> tuple[str, list[s
 
 
 def _collapse(text: str) -> str:
-    return _SPACE.sub(" ", text).strip()
+    return sub_whitespace(_SPACE, " ", text).strip()
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -240,7 +241,7 @@ def _paragraphs(text: str) -> list[str]:
     Done on the whole text at once (a NUL marks the breaks: `text` holds none, see
     `_check_storable`), so that a million short paragraphs cost no million regex calls.
     """
-    marked = _SPACE.sub(" ", _BLANK_LINES.sub("\x00", text))
+    marked = sub_whitespace(_SPACE, " ", sub_whitespace(_BLANK_LINES, "\x00", text))
     return [p for p in (piece.strip() for piece in marked.split("\x00")) if p]
 
 

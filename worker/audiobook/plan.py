@@ -20,6 +20,7 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from worker.audiobook.whitespace import sub_whitespace
 from worker.text_split import SentenceBudget, split_text
 
 __all__ = [
@@ -146,7 +147,8 @@ def _paragraphs(text: str) -> list[str]:
     if "\x00" in text:
         blocks = (_SPACE.sub(" ", block) for block in _BLANK_LINES.split(text))
     else:
-        blocks = iter(_SPACE.sub(" ", _BLANK_LINES.sub("\x00", text)).split("\x00"))
+        marked = sub_whitespace(_SPACE, " ", sub_whitespace(_BLANK_LINES, "\x00", text))
+        blocks = iter(marked.split("\x00"))
     return [paragraph for paragraph in (block.strip() for block in blocks) if paragraph]
 
 
