@@ -289,3 +289,11 @@ def test_split_chapters_random_text_raises_only_book_errors(text: str) -> None:
     except BookError:
         return
     assert 1 <= len(book.chapters) <= 5
+
+
+def test_markdown_lines_are_capped_before_they_are_read() -> None:
+    from worker.audiobook.book import MARKDOWN_MAX_LINES, read_markdown
+
+    with pytest.raises(BookError, match="lines"):
+        read_markdown(b"*a* b\n" * MARKDOWN_MAX_LINES)
+    assert read_markdown(b"*a* b\n" * (MARKDOWN_MAX_LINES - 1)).chapters

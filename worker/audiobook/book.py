@@ -81,6 +81,7 @@ TITLE_PAGE_MAX_LINES = 2
 TITLE_PAGE_MAX_CHARACTERS = 200
 HEADING_MAX_CHARACTERS = 120
 TITLE_LINE_MAX_CHARACTERS = 60
+MARKDOWN_MAX_LINES = 200_000
 
 
 @dataclass(frozen=True)
@@ -380,7 +381,24 @@ def _is_dropped_line(line: str) -> bool:
 
 def _clean_markdown_text(text: str) -> list[str]:
     """The lines of `text` (none of them dropped, see `_is_dropped_line`) with their
-    Markdown stripped; all at once, as each would be alone."""
+    Markdown stripped, as each would be alone: a chunk of lines at a time (every pattern
+    stays within a line), so a pass holds one chunk's pieces, not a piece per match."""
+    if len(text) <= _CLEAN_CHUNK_CHARACTERS:
+        return _clean_markdown_chunk(text)
+    lines: list[str] = []
+    start = 0
+    while start <= len(text):
+        end = text.find("\n", start + _CLEAN_CHUNK_CHARACTERS)
+        end = len(text) if end < 0 else end
+        lines.extend(_clean_markdown_chunk(text[start:end]))
+        start = end + 1
+    return lines
+
+
+_CLEAN_CHUNK_CHARACTERS = 1 << 16
+
+
+def _clean_markdown_chunk(text: str) -> list[str]:
     # Escaped characters are hidden from the patterns below, then restored.
     text = _ESCAPE.sub(lambda m: chr(_ESCAPED_BASE + ord(m[1])), text)
     text = _QUOTE.sub("", text)
@@ -448,7 +466,8 @@ def _markdown_lines(text: str) -> list[str]:
     uncleaned: dict[int, None] = {}  # indexes in `lines`, in order
     # Indexes in `lines` of the paragraph being read, which an underline would make a
     # heading: [] between blocks, None inside a list item or quote, whose following lines
-    # continue it (an underline there is a rule, as in CommonMark).
+    # continue it (an underline there is a rule, as in CommonMark). Only a one-line
+    # paragraph can be a heading: two indexes tell it is longer, more are not kept.
     paragraph: list[int] | None = []
     fence: str | None = None
     raw_lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -458,7 +477,7 @@ def _markdown_lines(text: str) -> list[str]:
                 lines.append(line)
                 if not line.strip():
                     paragraph = []
-                elif paragraph is not None:
+                elif paragraph is not None and len(paragraph) < 2:
                     paragraph.append(len(lines) - 1)
             continue
         if match := _FENCE.match(line):
@@ -494,7 +513,7 @@ def _markdown_lines(text: str) -> list[str]:
             paragraph = []
         elif _QUOTE.match(line) or _LIST_MARKER.match(line):
             paragraph = None
-        elif paragraph is not None and not underline:
+        elif paragraph is not None and not underline and len(paragraph) < 2:
             paragraph.append(len(lines) - 1)
     if uncleaned:
         cleaned = _clean_markdown_text("\n".join(lines[index] for index in uncleaned))
@@ -519,6 +538,14 @@ def read_markdown(data: bytes, *, limits: BookLimits = NO_LIMITS) -> Book:
     """
     text = _decode(data)
     _check_length(len(text), limits)
+    # Markdown is read line by line: cap the lines, as their count, not their characters,
+    # is what that costs (a 5M-character novel has about 100,000).
+    lines_in_text = text.count("\n") + 1
+    if lines_in_text > MARKDOWN_MAX_LINES:
+        raise BookError(
+            f"The Markdown book has {lines_in_text:,} lines; at most {MARKDOWN_MAX_LINES:,} "
+            "are read. Join its hard-wrapped lines, or send it as .txt."
+        )
     lines = _markdown_lines(text)
     levels = [
         (i, m[1])
