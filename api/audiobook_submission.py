@@ -105,6 +105,7 @@ def book_limits(state: AppState) -> BookLimits:
         expanded_bytes=int(state.settings.max_book_expanded_mb * 1_000_000),
         characters=MAX_BOOK_CHARACTERS,
         chapters=MAX_CHAPTERS,
+        paragraphs=MAX_SEGMENTS,
     )
 
 

@@ -278,8 +278,8 @@ def _bare_env(data_dir: Path, master_key: str) -> dict[str, str]:
         {
             "SPEECHQ_DATA_DIR": str(data_dir),
             "SPEECHQ_MASTER_KEY": master_key,
-            # No worker ever answers: a sync call gives up (504) at once.
-            "SPEECHQ_SYNC_TIMEOUT_SECONDS": "0.5",
+            # No worker ever answers: `?wait=` gives up after a second.
+            "SPEECHQ_MAX_WAIT_SECONDS": "1",
         }
     )
     return env

@@ -27,8 +27,9 @@ CHECKS = ",".join(
 
 
 def test_api_conforms_to_its_openapi_schema(bare_stack: Stack, tmp_path: Path) -> None:
-    # A bare API has no worker: jobs stay queued, so generated input never runs an engine,
-    # and /v1/audio/* give up waiting (504) at once.
+    # A bare API has no worker: jobs stay queued, so generated input never runs an engine.
+    # /v1/audio/* wait for a worker (504 without one) and are covered with the openai
+    # client instead.
     run = subprocess.run(
         [
             str(Path(sys.executable).with_name("schemathesis")),
@@ -42,6 +43,8 @@ def test_api_conforms_to_its_openapi_schema(bare_stack: Stack, tmp_path: Path) -
             str(MAX_EXAMPLES),
             "--seed",
             "1",
+            "--exclude-path-regex",
+            "^/v1/audio/",
             "--no-shrink",
         ],
         capture_output=True,

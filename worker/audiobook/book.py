@@ -45,14 +45,13 @@ becoming the book's title when none was given.
 from __future__ import annotations
 
 import codecs
-import importlib.util
 import io
 import posixpath
 import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from urllib.parse import unquote
@@ -68,6 +67,7 @@ __all__ = [
     "BookTooLong",
     "Chapter",
     "TooManyChapters",
+    "TooManyParagraphs",
     "UnsupportedBook",
     "read_book",
     "read_epub",
@@ -117,6 +117,16 @@ class BookTooLong(BookError):
     """The book holds more characters than `BookLimits.characters`."""
 
 
+class TooManyParagraphs(BookError):
+    """The book has more paragraphs than `BookLimits.paragraphs`."""
+
+    def __init__(self, max_paragraphs: int) -> None:
+        super().__init__(
+            f"The book has more than {max_paragraphs:,} paragraphs, each at least one "
+            "request to the provider; split it into volumes."
+        )
+
+
 class TooManyChapters(BookError):
     """The book has more chapters than `BookLimits.chapters`."""
 
@@ -128,6 +138,9 @@ class BookLimits:
     expanded_bytes: int | None = None  # an EPUB's files unpacked, all together
     characters: int | None = None  # the text: decoded (Markdown once cleaned), or read
     chapters: int | None = None
+    # Every paragraph is at least one provider request: the API passes its segment cap.
+    # Counted where paragraphs are many and cheap to make (an EPUB's documents).
+    paragraphs: int | None = None
 
 
 NO_LIMITS = BookLimits()
@@ -579,39 +592,25 @@ _BLOCK_TAGS = (
 )  # fmt: skip
 _LEFT_OUT_TAGS = frozenset({"script", "style", "aside", "nav", "template", "head"})
 _PARAGRAPH_BREAK = "\u2029"
+_PARAGRAPH_TEXT = re.compile("[^\u2029]+")
 _XML_ENCODING = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding=[\"']([A-Za-z0-9._-]+)")
 _XML_DECLARATION = re.compile(r"\A\ufeff?\s*<\?xml[^>]*\?>")
-_PARSER = "lxml" if importlib.util.find_spec("lxml") is not None else "html.parser"
 
 
-def _attribute_words(tag: object, name: str) -> set[str]:
-    value = tag.get(name)  # type: ignore[attr-defined]
-    if value is None:
-        return set()
-    if isinstance(value, list):
-        value = " ".join(value)
-    return set(str(value).lower().split())
+def _attribute_words(attributes: Mapping[str, str], name: str) -> set[str]:
+    return set(attributes.get(name, "").lower().split())
 
 
-def _is_note(tag: object) -> bool:
+def _is_note(attributes: Mapping[str, str]) -> bool:
     return bool(
-        _attribute_words(tag, "epub:type") & _NOTE_TYPES
-        or _attribute_words(tag, "role") & _NOTE_ROLES
+        _attribute_words(attributes, "epub:type") & _NOTE_TYPES
+        or _attribute_words(attributes, "role") & _NOTE_ROLES
     )
 
 
-def _is_note_marker(tag: object) -> bool:
-    """A `<sup>` holding a link and nothing else: the number pointing at a note."""
-    from bs4 import NavigableString, Tag
-
-    assert isinstance(tag, Tag)
-    children = [c for c in tag.children if not (isinstance(c, NavigableString) and not c.strip())]
-    return len(children) == 1 and isinstance(children[0], Tag) and children[0].name == "a"
-
-
 def _xhtml_text(content: bytes) -> str:
-    """The document as text without its XML declaration, which would make BeautifulSoup
-    warn that an HTML parser reads XML (XHTML parses well as HTML)."""
+    """The document as text without its XML declaration, which the HTML parser refuses in
+    a string (XHTML parses well as HTML)."""
     encoding = "utf-8"
     if content.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding = "utf-16"
@@ -624,50 +623,122 @@ def _xhtml_text(content: bytes) -> str:
     return _XML_DECLARATION.sub("", text, count=1)
 
 
-def _is_left_out(tag: object) -> bool:
-    """Whether `tag` and everything in it is left out of the text (see `read_epub`)."""
-    name = tag.name  # type: ignore[attr-defined]
-    return name in _LEFT_OUT_TAGS or _is_note(tag) or (name == "sup" and _is_note_marker(tag))
+@dataclass
+class _HeldSup:
+    """An open `<sup>`, its text held back until its end tells whether it is a note
+    marker: a `<sup>` whose only child (whitespace aside) is a link, the number pointing
+    at a note, left out with it."""
+
+    depth: int
+    children: list[str]
+    held: list[str]
 
 
-def _block_text(root: object) -> str:
-    """The text under `root`, with `_PARAGRAPH_BREAK` around each block element and the
-    left-out ones skipped: one walk of the tree (inserting the breaks into it, as a tree
-    edit, costs a scan of the siblings each time, quadratic in a long chapter)."""
-    from bs4 import CData, NavigableString, Tag
+class _DocumentText:
+    """An lxml parser target: a document's text as its events arrive, with
+    `_PARAGRAPH_BREAK` around each block element, the left-out elements (`_LEFT_OUT_TAGS`,
+    notes, note markers) skipped. No tree is built, so memory and time are linear in the
+    document and small per element, however many elements it has."""
 
-    parts: list[str] = []
-    # (node, True) marks the end of a block element, where its closing break goes.
-    stack: list[tuple[object, bool]] = [(child, False) for child in reversed(root.contents)]  # type: ignore[attr-defined]
-    while stack:
-        node, closing = stack.pop()
-        if closing:
-            parts.append(_PARAGRAPH_BREAK)
-        elif isinstance(node, Tag):
-            if _is_left_out(node):
-                continue
-            if node.name in _BLOCK_TAGS:
-                parts.append(_PARAGRAPH_BREAK)
-                stack.append((node, True))
-            stack.extend((child, False) for child in reversed(node.contents))
-        elif type(node) in (NavigableString, CData):  # not comments, doctypes, scripts
-            parts.append(str(node))
-    return "".join(parts)
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self.parts: list[str] = []
+        self.depth = 0
+        self.left_out_at: int | None = None  # the depth of the left-out element we are in
+        self.sups: list[_HeldSup] = []
+        self.declared: set[str] = set()  # epub:type words of the body and its first blocks
+        self.looked_at = 0
+        self.last_blank: str | None = None  # the last piece, if a break or a space
+
+    def _emit(self, text: str) -> None:
+        if self.sups:
+            self.sups[-1].held.append(text)
+            return
+        # Runs of breaks and spaces (the indentation between elements) shrink to one
+        # piece: a break if there is one in the run, else a space; they read the same.
+        is_break = text is _PARAGRAPH_BREAK
+        if (is_break or text is _SPACE_PIECE) and self.last_blank is not None:
+            if is_break and self.last_blank is _SPACE_PIECE:
+                self.parts[-1] = self.last_blank = _PARAGRAPH_BREAK
+            return
+        self.last_blank = text if is_break or text is _SPACE_PIECE else None
+        self.parts.append(text)
+        if len(self.parts) >= _JOIN_EVERY:  # a piece per element would cost 50 bytes each
+            self.chunks.append("".join(self.parts))
+            self.parts.clear()
+
+    def start(self, tag: str, attributes: Mapping[str, str]) -> None:
+        self.depth += 1
+        if tag == "body" or (tag in ("section", "div", "nav") and self.looked_at < 3):
+            self.looked_at += tag != "body"
+            self.declared |= _attribute_words(attributes, "epub:type")
+        if self.sups and self.depth == self.sups[-1].depth + 1:
+            self.sups[-1].children.append(tag)
+        if self.left_out_at is not None or tag in ("html", "body"):
+            return
+        if tag in _LEFT_OUT_TAGS or (attributes and _is_note(attributes)):
+            self.left_out_at = self.depth
+        elif tag == "sup":
+            self.sups.append(_HeldSup(self.depth, [], []))
+        elif tag in _BLOCK_TAGS:
+            self._emit(_PARAGRAPH_BREAK)
+
+    def end(self, tag: str) -> None:
+        depth, self.depth = self.depth, self.depth - 1
+        if self.left_out_at is not None:
+            if depth <= self.left_out_at:
+                self.left_out_at = None
+            return
+        if self.sups and self.sups[-1].depth == depth:
+            sup = self.sups.pop()
+            if sup.children != ["a"]:
+                for piece in sup.held:
+                    self._emit(piece)
+        elif tag in _BLOCK_TAGS:
+            self._emit(_PARAGRAPH_BREAK)
+
+    def data(self, text: str) -> None:
+        if self.sups and self.depth == self.sups[-1].depth and text.strip():
+            self.sups[-1].children.append("#text")
+        if self.left_out_at is None:
+            blank = not text.strip() and _PARAGRAPH_BREAK not in text
+            self._emit(_SPACE_PIECE if blank else text)
+
+    def comment(self, text: str) -> None:
+        # Never read; but a comment in a `<sup>` makes it more than a note marker.
+        if self.sups and self.depth == self.sups[-1].depth and text.strip():
+            self.sups[-1].children.append("#comment")
+
+    def close(self) -> str:
+        return "".join([*self.chunks, *self.parts])
 
 
-def _document_paragraphs(content: bytes) -> tuple[list[str], bool]:
-    """A document's paragraphs, and whether it declares itself cover, toc or copyright."""
-    from bs4 import BeautifulSoup
+_JOIN_EVERY = 4096
+_SPACE_PIECE = " "
+_FEED_CHARACTERS = 1 << 16
 
-    soup = BeautifulSoup(_xhtml_text(content), _PARSER)
-    body = soup.body or soup
-    declared = set()
-    for tag in [body, *body.find_all(["section", "div", "nav"], limit=3)]:
-        declared |= _attribute_words(tag, "epub:type")
-    skipped_kind = bool(declared & _SKIPPED_DOCUMENT_TYPES)
-    text = _block_text(body)
-    paragraphs = [p for p in (_collapse(piece) for piece in text.split(_PARAGRAPH_BREAK)) if p]
-    return paragraphs, skipped_kind
+
+def _document_paragraphs(
+    content: bytes, max_paragraphs: int | None = None
+) -> tuple[list[str], bool]:
+    """A document's paragraphs, and whether it declares itself cover, toc or copyright.
+    TooManyParagraphs as soon as there are more than `max_paragraphs`."""
+    from lxml import etree
+
+    target = _DocumentText()
+    parser = etree.HTMLParser(target=target, no_network=True, recover=True)
+    markup = _xhtml_text(content)
+    for start in range(0, len(markup), _FEED_CHARACTERS):  # libxml2 copies what it is fed
+        parser.feed(markup[start : start + _FEED_CHARACTERS])
+    del markup
+    text = parser.close()
+    paragraphs: list[str] = []
+    for piece in _PARAGRAPH_TEXT.finditer(text):  # lazily: no list of every piece
+        if paragraph := _collapse(piece[0]):
+            paragraphs.append(paragraph)
+            if max_paragraphs is not None and len(paragraphs) > max_paragraphs:
+                raise TooManyParagraphs(max_paragraphs)
+    return paragraphs, bool(target.declared & _SKIPPED_DOCUMENT_TYPES)
 
 
 def _flatten_toc(entries: object) -> Iterator[tuple[str, str]]:
@@ -912,11 +983,16 @@ def read_epub(data: bytes, *, limits: BookLimits = NO_LIMITS) -> Book:
             if not isinstance(item, epub.EpubHtml):
                 continue
             spine.append(item)
-        _check_markup(sum(len(item.get_content()) for item in spine), limits)
+        # `content`, the document as stored: ebooklib's get_content() builds a whole lxml
+        # tree of it first (hundreds of bytes an element), which is what is guarded against.
+        _check_markup(sum(len(item.content) for item in spine), limits)
         documents = []
         characters = 0
+        paragraphs_left = limits.paragraphs
         for item in spine:
-            paragraphs, skipped_kind = _document_paragraphs(item.get_content())
+            paragraphs, skipped_kind = _document_paragraphs(item.content, paragraphs_left)
+            if paragraphs_left is not None:
+                paragraphs_left -= len(paragraphs)
             if not skipped_kind:
                 characters += sum(len(p) for p in paragraphs)
                 _check_length(characters, limits)
