@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.book_process import shutdown_book_processes
 from api.errors import UnhandledErrors, install_error_handlers
 from api.metrics import MetricsMiddleware
 from api.request_guard import RequestGuard
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await state.waiter.start()
         yield
         await state.waiter.stop()
+        shutdown_book_processes()
         state.events.close()
         state.celery.close()
 

@@ -24,6 +24,7 @@ from api.audiobook_schemas import (
     AudiobookOptions,
     AudiobookQuote,
 )
+from api.book_process import in_book_process
 from api.deps import Principal
 from api.errors import ApiError, validation_error
 from api.idempotency import Idempotency, find_previous
@@ -141,7 +142,7 @@ def read_json_request(raw: object, limits: BookLimits) -> BookRequest:
         return BookRequest(body, body.title or "Untitled", chapters, _fingerprint(raw))
     assert body.text is not None
     try:
-        found = split_chapters(body.text, title=body.title, limits=limits)
+        found = in_book_process(split_chapters, body.text, title=body.title, limits=limits)
     except BookError as exc:
         raise _book_error(exc, "text") from None
     chapters = tuple(ChapterInput(c.title, c.text) for c in found.chapters)
@@ -173,7 +174,7 @@ async def read_form_request(request: Request, limits: BookLimits) -> BookRequest
     data = await upload.read()
     filename = upload.filename or ""
     try:
-        found = await run_in_threadpool(read_book, data, filename, limits=limits)
+        found = await run_in_threadpool(in_book_process, read_book, data, filename, limits=limits)
     except BookError as exc:
         raise _book_error(exc, "file") from None
     chapters = tuple(ChapterInput(c.title, c.text) for c in found.chapters)
@@ -242,7 +243,8 @@ def prepare(state: AppState, principal: Principal, request: BookRequest) -> Prep
         voice = chapter.voice or voices.get(str(index)) or options.voice
         chapters.append(ChapterInput(title, text, voice))
     try:
-        plan = plan_book(
+        plan = in_book_process(
+            plan_book,
             chapters,
             limit=segment_limit(state, model),
             read_titles=options.read_titles,

@@ -164,6 +164,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     _check_config(settings)
     _check_port(args.host, args.port)
     _private_data_dir(settings)
+    # Its 40 request threads would each get an arena that keeps what a large request
+    # freed (a book, a 16 MB body): two arenas give it back to the next request.
+    _limit_malloc_arenas()
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -206,8 +209,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:
     """glibc gives each thread that allocates its own arena, so a worker of 16 threads held
-    ~450 MB where 2 arenas hold ~300 MB at the same speed (docs/benchmarks.md). Set before
-    the pool's threads start; elsewhere than glibc this does nothing."""
+    ~450 MB where 2 arenas hold ~300 MB at the same speed (docs/benchmarks.md); the API's
+    threads likewise. Set before the threads start; elsewhere than glibc this does nothing."""
     import ctypes
     import ctypes.util
 

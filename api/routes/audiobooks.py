@@ -32,6 +32,7 @@ from api.audiobook_submission import (
     segment_rows,
     submit_book,
 )
+from api.book_process import in_book_process
 from api.deps import CurrentKey, Principal, SessionDep, StateDep
 from api.errors import ApiError
 from api.idempotency import Idempotency, find_previous, idempotency_of
@@ -261,7 +262,8 @@ def rerender_chapter(
         if body.text is not None:  # new text meets the guardrails a new book meets
             text = apply_guardrails(state, principal, book.model, text, param="text")
         try:
-            planned = plan_chapter(
+            planned = in_book_process(
+                plan_chapter,
                 index,
                 ChapterInput(title, text, voice),
                 limit=segment_limit(state, book.model),

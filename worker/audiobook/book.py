@@ -125,6 +125,10 @@ class TooManyParagraphs(BookError):
             f"The book has more than {max_paragraphs:,} paragraphs, each at least one "
             "request to the provider; split it into volumes."
         )
+        self.max_paragraphs = max_paragraphs
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:  # crosses a process boundary
+        return type(self), (self.max_paragraphs,)
 
 
 class TooManyChapters(BookError):

@@ -59,6 +59,10 @@ class TooManySegments(ValueError):
             f"provider for each paragraph, more for a long one); at most {max_segments:,} "
             "are accepted. Join its short paragraphs or split it into volumes."
         )
+        self.max_segments = max_segments
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:  # crosses a process boundary
+        return type(self), (self.max_segments,)
 
 
 @dataclass(frozen=True)
