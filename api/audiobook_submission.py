@@ -50,7 +50,6 @@ from worker.audiobook.book import (
 from worker.audiobook.dispatch import dispatch
 from worker.audiobook.plan import BookPlan, ChapterInput, ChapterPlan, plan_book
 from worker.audiobook.segments import segment_cache_key
-from worker.providers import get_provider
 
 __all__ = [
     "BookRequest",
@@ -62,7 +61,6 @@ __all__ = [
     "prepare",
     "quote_of",
     "submit_book",
-    "segment_limit",
     "segment_rows",
 ]
 
@@ -204,20 +202,6 @@ async def read_request(request: Request, state: AppState) -> BookRequest:
 # --- planning and pricing -----------------------------------------------------------------
 
 
-def segment_limit(state: AppState, model: str) -> int | None:
-    """The smallest per-request limit among the deployments (and fallbacks) that may
-    serve a segment: every segment must fit any of them."""
-    names = [model, *state.registry.fallbacks_for(model)]
-    limits = [
-        limit
-        for name in names
-        if (canonical := state.registry.resolve(name))
-        for deployment in state.registry.deployments_for(canonical)
-        if (limit := get_provider(deployment).max_characters())
-    ]
-    return min(limits) if limits else None
-
-
 def prepare(state: AppState, principal: Principal, request: BookRequest) -> Prepared:
     """Check the options, plan and price the book; raises 4xx for what a person can fix.
     The quote and the submit both come through here, so they refuse the same requests.
@@ -246,7 +230,7 @@ def prepare(state: AppState, principal: Principal, request: BookRequest) -> Prep
         plan = in_book_process(
             plan_book,
             chapters,
-            limit=segment_limit(state, model),
+            limit=state.registry.request_character_limit(model),
             read_titles=options.read_titles,
             paragraph_pause_ms=options.paragraph_pause_ms,
             only=options.include_chapters,

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from worker.providers import PROVIDERS
+from worker.providers import PROVIDERS, get_provider
 from worker.providers.base import Deployment
 
 __all__ = [
@@ -120,6 +120,32 @@ class Registry:
             if isinstance(entry, Mapping) and name in entry:
                 names.extend(entry[name])
         return names
+
+    def model_chain(self, model: str) -> list[str]:
+        """The model, then its fallbacks (or `default_fallbacks`), resolved, no repeats:
+        every model a call for `model` may end up on."""
+        canonical = self.resolve(model) or model
+        fallbacks = self.fallbacks_for(canonical)
+        if not fallbacks:
+            fallbacks = list(self.router_settings.get("default_fallbacks") or [])
+        chain: list[str] = []
+        for name in [canonical, *fallbacks]:
+            resolved = self.resolve(name)
+            if resolved and resolved not in chain:
+                chain.append(resolved)
+        return chain
+
+    def request_character_limit(self, model: str) -> int | None:
+        """The smallest per-request text limit among every deployment that may serve
+        `model` (`model_chain`): a piece of a long job, or an audiobook segment, must fit
+        whichever one serves it. None: no deployment has a limit."""
+        limits = [
+            limit
+            for name in self.model_chain(model)
+            for deployment in self.deployments_for(name)
+            if (limit := get_provider(deployment).max_characters())
+        ]
+        return min(limits) if limits else None
 
     def models(self) -> list[ModelInfo]:
         out = [

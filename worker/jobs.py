@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 from speechq.domain import AUDIO_CONTENT_TYPES, JobStatus
 from speechq.guardrails import OUTPUT, GuardrailViolation, parse_guardrails
 from speechq.job_events import JobEventPublisher
-from speechq.pricing import cost_usd
 from speechq.registry import Registry
 from speechq.settings import Settings
 from speechq.transcripts import render_transcript
@@ -37,7 +36,6 @@ from worker import audio, webhooks
 from worker.audio_join import join_speech, to_pcm
 from worker.budget import BudgetExceeded, Guard, budget_guard, key_facts
 from worker.lease import LeaseKeeper
-from worker.providers import get_provider
 from worker.providers.base import (
     Deployment,
     SpeechProvider,
@@ -49,6 +47,7 @@ from worker.providers.base import (
 from worker.providers.errors import InvalidInput, ProviderUnavailable
 from worker.router import AllDeploymentsFailed, Attempt, RoutedResult, Router
 from worker.text_split import split_text
+from worker.usage import usage_record
 
 __all__ = ["JobRunner"]
 
@@ -186,7 +185,7 @@ class JobRunner:
                 before_attempt=guard,
             )
 
-        limit = self._piece_limit(router, job.model)
+        limit = router.registry.request_character_limit(job.model)
         pieces = split_text(req["input"], limit) if limit else [req["input"]]
         if len(pieces) == 1:
             routed = [synthesize(pieces[0])]
@@ -224,7 +223,7 @@ class JobRunner:
             "pieces": len(pieces),
         }
         usage = [
-            self._usage_row(
+            job_usage(
                 job,
                 piece_routed,
                 call_key=f"piece-{index}" if len(pieces) > 1 else "main",
@@ -238,15 +237,6 @@ class JobRunner:
             )
         ]
         return self._complete(job, attempts, result, usage, key)
-
-    def _piece_limit(self, router: Router, model: str) -> int | None:
-        """The smallest per-request limit among the deployments that may serve the job."""
-        limits = [
-            limit
-            for deployment in router.candidates(model)
-            if (limit := get_provider(deployment).max_characters())
-        ]
-        return min(limits) if limits else None
 
     @staticmethod
     def _measure(encoded: bytes, fmt: str, pcm_rate: int | None) -> tuple[float, int]:
@@ -316,7 +306,7 @@ class JobRunner:
             "text": transcript["text"],
             "language": produced.language,
         }
-        usage = self._usage_row(
+        usage = job_usage(
             job,
             routed,
             call_key="main",
@@ -327,44 +317,6 @@ class JobRunner:
         return self._complete(job, attempts, result, [usage], key)
 
     # --- shared steps ---------------------------------------------------------------------
-
-    def _usage_row(
-        self,
-        job: _Claimed,
-        routed: RoutedResult[Any],
-        *,
-        call_key: str,
-        characters: int = 0,
-        input_audio_seconds: float = 0.0,
-        output_audio_seconds: float = 0.0,
-        input_tokens: int | None = None,
-        output_tokens: int | None = None,
-    ) -> UsageRecord:
-        deployment = routed.deployment
-        return UsageRecord(
-            job_id=job.id,
-            call_key=call_key,
-            tenant=job.tenant,
-            key_id=job.key_id,
-            team=job.team,
-            user=job.user,
-            provider=deployment.provider,
-            deployment=deployment.id,
-            model=job.model,
-            provider_model=deployment.model,
-            characters=characters,
-            audio_seconds=round(input_audio_seconds or output_audio_seconds, 3),
-            cost_usd=cost_usd(
-                deployment,
-                characters=characters,
-                input_audio_seconds=input_audio_seconds,
-                output_audio_seconds=output_audio_seconds,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-            ),
-            latency_ms=routed.latency_ms,
-            created_at=utcnow(),
-        )
 
     def _complete(
         self,
@@ -486,3 +438,16 @@ class _AttemptLog:
 
 def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def job_usage(job: _Claimed, routed: RoutedResult[Any], **call: Any) -> UsageRecord:
+    """The usage row of one of a job's calls; a speech job's voice prices some providers
+    (Cloud TTS by voice family), as it does an audiobook segment's."""
+    return usage_record(
+        routed,
+        payer=job,
+        model=job.model,
+        job_id=job.id,
+        voice=job.request.get("voice"),
+        **call,
+    )

@@ -147,16 +147,7 @@ class Router:
 
     def model_chain(self, model: str) -> list[str]:
         """The model, then its fallbacks (or the default fallbacks), without repeats."""
-        canonical = self.registry.resolve(model) or model
-        fallbacks = self.registry.fallbacks_for(canonical)
-        if not fallbacks:
-            fallbacks = list(self.registry.router_settings.get("default_fallbacks") or [])
-        chain: list[str] = []
-        for name in [canonical, *fallbacks]:
-            resolved = self.registry.resolve(name)
-            if resolved and resolved not in chain:
-                chain.append(resolved)
-        return chain
+        return self.registry.model_chain(model)
 
     def candidates(self, model: str) -> list[Deployment]:
         """Every deployment that may serve `model`, in the order they will be tried."""

@@ -28,7 +28,6 @@ from api.audiobook_submission import (
     prepare,
     quote_of,
     read_request,
-    segment_limit,
     segment_rows,
     submit_book,
 )
@@ -266,7 +265,7 @@ def rerender_chapter(
                 plan_chapter,
                 index,
                 ChapterInput(title, text, voice),
-                limit=segment_limit(state, book.model),
+                limit=state.registry.request_character_limit(book.model),
                 read_titles=bool(book.options.get("read_titles", True)),
                 paragraph_pause_ms=int(
                     book.options.get("paragraph_pause_ms", DEFAULT_PARAGRAPH_PAUSE_MS)

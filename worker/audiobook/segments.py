@@ -16,7 +16,6 @@ import random
 from dataclasses import dataclass
 from datetime import timedelta
 
-from speechq.pricing import cost_usd
 from speechq.registry import Registry
 from speechq.settings import Settings
 from storage import audiobook_queries as books
@@ -32,6 +31,7 @@ from worker.lease import SegmentLease
 from worker.providers.base import Deployment, SpeechProvider, SynthesisRequest, SynthesisResult
 from worker.providers.errors import InvalidInput, ProviderUnavailable, RateLimited
 from worker.router import AllDeploymentsFailed, NoFreeSlot, Router
+from worker.usage import usage_record
 
 from .dispatch import SegmentSlots, publish_segments
 
@@ -230,31 +230,17 @@ class SegmentRunner:
                 duration_seconds=round(seconds, 3),
             )
         characters = produced.characters or len(seg.text)
-        deployment = routed.deployment
-        usage = UsageRecord(
-            job_id=None,
+        usage = usage_record(
+            routed,
+            payer=seg,
+            model=seg.model,
             audiobook_id=seg.book_id,
             call_key=f"segment-{seg.id}",
-            tenant=seg.tenant,
-            key_id=seg.key_id,
-            team=seg.team,
-            user=seg.user,
-            provider=deployment.provider,
-            deployment=deployment.id,
-            model=seg.model,
-            provider_model=deployment.model,
+            voice=seg.voice,
             characters=characters,
-            audio_seconds=round(seconds, 3),
-            cost_usd=cost_usd(
-                deployment,
-                characters=characters,
-                output_audio_seconds=seconds,
-                input_tokens=produced.input_tokens,
-                output_tokens=produced.output_tokens,
-                voice=seg.voice,
-            ),
-            latency_ms=routed.latency_ms,
-            created_at=utcnow(),
+            output_audio_seconds=seconds,
+            input_tokens=produced.input_tokens,
+            output_tokens=produced.output_tokens,
         )
         return self._finish(seg, cached=False, usage=usage)
 
