@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from speechq.modes import SPEECH, TRANSCRIPTION, deployment_mode
 from worker.providers.base import Deployment
 
 __all__ = [
@@ -41,8 +42,6 @@ __all__ = [
     "cost_usd",
 ]
 
-SPEECH = "audio_speech"
-TRANSCRIPTION = "audio_transcription"
 
 # Estimates, used only when the caller passes no token counts:
 # - text tokens from characters: about 4 characters of English per token (OpenAI's and
@@ -397,17 +396,6 @@ def cloud_tts_family(*names: str | None) -> str | None:
     return None
 
 
-def _mode(deployment: Deployment) -> str:
-    """As `speechq.registry._mode`: `model_info.mode`, else a guess from the model name."""
-    mode = deployment.model_info.get("mode")
-    if mode in (SPEECH, TRANSCRIPTION):
-        return str(mode)
-    name = deployment.model.lower()
-    if any(word in name for word in ("whisper", "transcribe", "stt", "scribe", "nova")):
-        return TRANSCRIPTION
-    return SPEECH
-
-
 def _match(provider: str, model: str) -> str | None:
     """The longest `provider/…` key that is `model` or a prefix of it ending at a separator."""
     prefix = f"{provider}/"
@@ -458,7 +446,7 @@ def price_key(deployment: Deployment, *, voice: str | None = None) -> str | None
         exact = _match(provider, model)
         if exact:
             return exact
-        if _mode(deployment) == TRANSCRIPTION:
+        if deployment_mode(deployment) == TRANSCRIPTION:
             return "azure_ai_speech/fast-transcription"
         return "azure_ai_speech/neural"
     if provider == "openai":
@@ -475,7 +463,7 @@ def price_for(deployment: Deployment, *, voice: str | None = None) -> Price:
         for name in OVERRIDE_FIELDS
         if deployment.model_info.get(name) is not None
     }
-    mode = base.mode or _mode(deployment)
+    mode = base.mode or deployment_mode(deployment)
     # An override of the generic token price sets the rate the caller's tokens are billed
     # at, unless the audio-token field is overridden too: a speech model's output tokens
     # and a transcription model's input tokens are audio tokens.

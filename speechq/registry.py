@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from speechq.modes import SPEECH, TRANSCRIPTION, deployment_mode
 from worker.providers import PROVIDERS, get_provider
 from worker.providers.base import Deployment
 
@@ -30,8 +31,6 @@ __all__ = [
     "parse_config",
 ]
 
-SPEECH = "audio_speech"
-TRANSCRIPTION = "audio_transcription"
 
 BUILTIN_CONFIG: dict[str, Any] = {
     "model_list": [
@@ -112,7 +111,7 @@ class Registry:
 
     def mode_of(self, name: str) -> str | None:
         found = self.deployments_for(name)
-        return _mode(found[0]) if found else None
+        return deployment_mode(found[0]) if found else None
 
     def fallbacks_for(self, name: str) -> list[str]:
         names: list[str] = []
@@ -149,24 +148,16 @@ class Registry:
 
     def models(self) -> list[ModelInfo]:
         out = [
-            ModelInfo(name, _mode(deps[0]), deps[0].provider)
+            ModelInfo(name, deployment_mode(deps[0]), deps[0].provider)
             for name, deps in self.deployments.items()
         ]
         for alias, target in self.aliases.items():
             if target in self.deployments and alias not in self.deployments:
                 deps = self.deployments[target]
-                out.append(ModelInfo(alias, _mode(deps[0]), deps[0].provider, alias_of=target))
+                out.append(
+                    ModelInfo(alias, deployment_mode(deps[0]), deps[0].provider, alias_of=target)
+                )
         return out
-
-
-def _mode(deployment: Deployment) -> str:
-    mode = deployment.model_info.get("mode")
-    if mode in (SPEECH, TRANSCRIPTION):
-        return mode
-    name = deployment.model.lower()
-    if any(word in name for word in ("whisper", "transcribe", "stt", "scribe", "nova")):
-        return TRANSCRIPTION
-    return SPEECH
 
 
 def _resolve_env(value: Any, where: str | None = None) -> Any:
