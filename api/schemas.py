@@ -13,7 +13,6 @@ from storage.models import ApiKey, Job, ProviderAttempt
 
 __all__ = [
     "SpeechFormat",
-    "TranscriptFormat",
     "SpeechJobCreate",
     "JobPublic",
     "JobsPublic",
@@ -35,7 +34,6 @@ __all__ = [
 ]
 
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
-TranscriptFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 # Like OpenAI's metadata: up to 16 pairs, keys up to 64 and values up to 512 characters.
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]

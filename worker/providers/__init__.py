@@ -11,7 +11,7 @@ import threading
 
 from worker.providers.base import Deployment, SpeechProvider
 
-__all__ = ["PROVIDERS", "provider_class", "get_provider", "close_providers"]
+__all__ = ["PROVIDERS", "provider_class", "get_provider"]
 
 PROVIDERS: dict[str, str] = {
     "aws_polly": "worker.providers.aws_polly:PollyProvider",
@@ -46,10 +46,3 @@ def get_provider(deployment: Deployment) -> SpeechProvider:
         if provider is None:
             provider = _instances[deployment.id] = cls(deployment)
         return provider
-
-
-def close_providers() -> None:
-    with _lock:
-        for provider in _instances.values():
-            provider.close()
-        _instances.clear()
