@@ -23,6 +23,9 @@ __all__ = [
     "AdminKey",
     "get_state",
     "authenticate",
+    "bearer_token",
+    "key_principal",
+    "master_principal",
     "PRINCIPAL_STATE",
     "require_admin",
 ]
@@ -73,9 +76,8 @@ def get_session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def authenticate(state: AppState, authorization: str) -> Principal:
-    """The caller named by an `Authorization` header, or 401. Reads the key in a session of
-    its own, closed before returning: nothing waits on a request's pooled connection."""
+def bearer_token(authorization: str) -> str:
+    """The key in an `Authorization: Bearer <key>` header, or 401."""
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -85,9 +87,20 @@ def authenticate(state: AppState, authorization: str) -> Principal:
             "Missing API key. Send it as 'Authorization: Bearer <key>'.",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return token
+
+
+def master_principal(state: AppState, token: str) -> Principal | None:
+    """The admin, if `token` is the master key (no database read); else None."""
     master = state.settings.master_key
     if master and hmac.compare_digest(token.encode(), master.encode()):
         return Principal(key_id=None, team=None, is_admin=True)
+    return None
+
+
+def key_principal(state: AppState, token: str) -> Principal:
+    """The caller whose stored key `token` is, or 401. Reads the key in a session of its
+    own, closed before returning: nothing waits on a request's pooled connection."""
     with get_sessionmaker(state.database_url)() as session:
         row = queries.find_api_key(session, key=token)
     if row is None:
@@ -106,6 +119,12 @@ def authenticate(state: AppState, authorization: str) -> Principal:
         rpm_limit=row.rpm_limit,
         guardrails=tuple(row.guardrails or ()),
     )
+
+
+def authenticate(state: AppState, authorization: str) -> Principal:
+    """The caller named by an `Authorization` header, or 401."""
+    token = bearer_token(authorization)
+    return master_principal(state, token) or key_principal(state, token)
 
 
 def get_principal(request: Request, state: StateDep) -> Principal:

@@ -11,12 +11,10 @@
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import PRINCIPAL_STATE, authenticate
+from api.deps import PRINCIPAL_STATE, bearer_token, key_principal, master_principal
 from api.errors import ApiError, error_response
 from api.state import AppState
 from speechq.text_checks import forbidden_character
@@ -77,17 +75,12 @@ class RequestGuard:
             )
 
     async def _authenticate(self, scope: Scope) -> None:
-        authorization = _header(scope, b"authorization")
-        if authorization and self._is_master(authorization):
-            principal = authenticate(self.state, authorization)  # no database read
-        else:
-            principal = await run_in_threadpool(authenticate, self.state, authorization)
+        token = bearer_token(_header(scope, b"authorization"))
+        # The master key needs no database read, so no thread either.
+        principal = master_principal(self.state, token) or await run_in_threadpool(
+            key_principal, self.state, token
+        )
         scope.setdefault("state", {})[PRINCIPAL_STATE] = principal
-
-    def _is_master(self, authorization: str) -> bool:
-        master = self.state.settings.master_key
-        token = authorization.partition(" ")[2].strip()
-        return bool(master) and hmac.compare_digest(token.encode(), str(master).encode())
 
     async def _buffered(self, scope: Scope, receive: Receive) -> Receive:
         """Read the whole (small) body now, within the cap, and replay it to the app."""

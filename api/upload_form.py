@@ -31,7 +31,7 @@ class FileTooLarge(Exception):
         self.limit_bytes = limit_bytes
 
 
-def file_too_large_error(passed_bytes: int, limit_bytes: int) -> ApiError:
+def file_too_large_error(passed_bytes: int, limit_bytes: int, param: str = "file") -> ApiError:
     # LiteLLM's wording, which its users' clients may match on.
     return ApiError(
         413,
@@ -39,7 +39,7 @@ def file_too_large_error(passed_bytes: int, limit_bytes: int) -> ApiError:
         "File size is too large. Please check your file size. "
         f"Passed file size: {passed_bytes / 1_000_000:.2f} MB. "
         f"Max file size: {limit_bytes / 1_000_000:g} MB",
-        param="file",
+        param=param,
     )
 
 

@@ -110,9 +110,7 @@ def fetch_and_store(state: AppState, model: str, url: str, key: str) -> StoredUp
             log.warning("url input refused (%s): %s; %s", exc.rule, _loggable(url), exc)
             raise _fetch_failed() from None
         except TooLarge as exc:
-            error = file_too_large_error(exc.passed_bytes, exc.max_bytes)
-            error.param = "url"
-            raise error from None
+            raise file_too_large_error(exc.passed_bytes, exc.max_bytes, param="url") from None
         except FetchFailed as exc:
             log.info("url input not fetched: %s; %s", _loggable(url), _reason(exc))
             raise _fetch_failed() from None
