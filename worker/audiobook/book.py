@@ -57,7 +57,7 @@ from itertools import islice
 from urllib.parse import unquote
 
 from speechq.text_checks import forbidden_character
-from worker.audiobook.whitespace import sub_whitespace
+from worker.audiobook.whitespace import collapse, split_paragraphs
 
 __all__ = [
     "Book",
@@ -187,8 +187,6 @@ _KEYWORD_HEADING = re.compile(
     re.IGNORECASE,
 )
 _MARKDOWN_HEADING = re.compile(r"(#{1,2})[ \t]+(?P<title>.+?)(?:[ \t]+#+)?[ \t]*")
-_SPACE = re.compile(r"\s+")
-_BLANK_LINES = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"[.!?,;:\u2026\u2014][\"'\u201d\u2019)\]]*$")
 _OPENING_QUOTE = re.compile(r"[\"\u201c]")
 # A line that may be a heading: what `_MARKDOWN_HEADING` or `_KEYWORD_HEADING` start with.
@@ -208,10 +206,10 @@ def _heading_title(line: str, *, after_blank: bool = True) -> str | None:
     if not stripped or len(stripped) > HEADING_MAX_CHARACTERS:
         return None
     if match := _MARKDOWN_HEADING.fullmatch(stripped):
-        return _collapse(match["title"])
+        return collapse(match["title"])
     if after_blank and (match := _KEYWORD_HEADING.fullmatch(stripped)):
-        label = _collapse(match["label"])
-        title = _collapse(match["title"] or "")
+        label = collapse(match["label"])
+        title = collapse(match["title"] or "")
         return f"{label}: {title}" if title else label
     return None
 
@@ -233,7 +231,7 @@ def _title_line(lines: list[str], *, heading_follows: bool) -> tuple[str, list[s
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:
         return None
-    title = _collapse(lines[first])
+    title = collapse(lines[first])
     rest = lines[first + 1 :]
     if rest and rest[0].strip():
         return None  # the line opens a longer paragraph
@@ -247,20 +245,6 @@ def _title_line(lines: list[str], *, heading_follows: bool) -> tuple[str, list[s
     if not heading_follows and not any(line.strip() for line in rest):
         return None
     return title, rest
-
-
-def _collapse(text: str) -> str:
-    return sub_whitespace(_SPACE, " ", text).strip()
-
-
-def _paragraphs(text: str) -> list[str]:
-    """Blank-line separated paragraphs with their whitespace collapsed, empty ones dropped.
-
-    Done on the whole text at once (a NUL marks the breaks: `text` holds none, see
-    `_check_storable`), so that a million short paragraphs cost no million regex calls.
-    """
-    marked = sub_whitespace(_SPACE, " ", sub_whitespace(_BLANK_LINES, "\x00", text))
-    return [p for p in (piece.strip() for piece in marked.split("\x00")) if p]
 
 
 def _headings(text: str) -> list[tuple[str, int, int, bool]]:
@@ -311,7 +295,7 @@ def split_chapters(text: str, *, title: str | None = None, limits: BookLimits = 
             title_line, rest = found
             heading = f"{heading}: {title_line}"
             lines = "\n".join(rest)
-        body = "\n\n".join(_paragraphs(lines))
+        body = "\n\n".join(split_paragraphs(lines))
         if not body:
             pending_titles.append(heading)
             continue
@@ -319,7 +303,7 @@ def split_chapters(text: str, *, title: str | None = None, limits: BookLimits = 
         pending_titles = []
         _check_chapters(len(chapters), limits)
 
-    opening = _paragraphs(preamble)
+    opening = split_paragraphs(preamble)
     # Its first lines with text: enough to tell a title page, and its title.
     opening_lines = [m[0] for m in islice(_TEXT_LINE.finditer(preamble), TITLE_PAGE_MAX_LINES + 1)]
     is_title_page = (
@@ -330,7 +314,7 @@ def split_chapters(text: str, *, title: str | None = None, limits: BookLimits = 
         chapters.insert(0, Chapter("", "\n\n".join(opening)))
         _check_chapters(len(chapters), limits)
     elif opening and title is None:
-        title = _collapse(opening_lines[0])
+        title = collapse(opening_lines[0])
 
     if not chapters:
         raise BookError("The book has headings but no text under any of them.")
@@ -466,7 +450,7 @@ def _setext_heading(
         return
     index = paragraph[0]
     line = _clean_markdown_line(lines[index]) if index in uncleaned else lines[index]
-    heading = f"{level} {_collapse(line)}"
+    heading = f"{level} {collapse(line)}"
     # Measured as an ATX heading line, so that `_heading_title` takes it.
     if heading.strip() != level and len(heading) <= HEADING_MAX_CHARACTERS:
         lines[index] = heading
@@ -738,7 +722,7 @@ def _document_paragraphs(
     text = parser.close()
     paragraphs: list[str] = []
     for piece in _PARAGRAPH_TEXT.finditer(text):  # lazily: no list of every piece
-        if paragraph := _collapse(piece[0]):
+        if paragraph := collapse(piece[0]):
             paragraphs.append(paragraph)
             if max_paragraphs is not None and len(paragraphs) > max_paragraphs:
                 raise TooManyParagraphs(max_paragraphs)
@@ -754,7 +738,7 @@ def _flatten_toc(entries: object) -> Iterator[tuple[str, str]]:
             yield from _flatten_toc([entry[0]])
             yield from _flatten_toc(entry[1])
         elif isinstance(entry, Link | Section) and entry.href:
-            yield entry.href, _collapse(entry.title or "")
+            yield entry.href, collapse(entry.title or "")
         elif isinstance(entry, list | tuple):
             yield from _flatten_toc(entry)
 
@@ -1009,7 +993,7 @@ def read_epub(data: bytes, *, limits: BookLimits = NO_LIMITS) -> Book:
             f"This EPUB could not be read ({exc}); check that it opens in a reader."
         ) from exc
 
-    book_title = _collapse(metadata_titles[0][0] or "") if metadata_titles else ""
+    book_title = collapse(metadata_titles[0][0] or "") if metadata_titles else ""
     chapters: list[tuple[str, list[str]]] = []
     for file_name, (paragraphs, skipped_kind) in documents:
         if skipped_kind or not paragraphs:

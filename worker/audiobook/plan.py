@@ -16,11 +16,10 @@ planning stays linear in the book's length whatever its paragraphs look like.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from worker.audiobook.whitespace import sub_whitespace
+from worker.audiobook.whitespace import collapse, split_paragraphs
 from worker.text_split import SentenceBudget, split_text
 
 __all__ = [
@@ -45,9 +44,6 @@ DEFAULT_PARAGRAPH_PAUSE_MS = 600
 DEFAULT_CHAPTER_PAUSE_MS = 2000  # put by the caller between chapters
 TITLE_PAUSE_MS = 1000  # after a chapter title read aloud
 CHARACTERS_PER_SECOND = 15.0  # read speech at speed 1.0 (~150-160 words a minute)
-
-_BLANK_LINES = re.compile(r"\n[ \t]*\n")
-_SPACE = re.compile(r"\s+")
 
 
 class TooManySegments(ValueError):
@@ -140,22 +136,6 @@ class BookPlan:
         return self.characters / CHARACTERS_PER_SECOND / speed + pause_ms / 1000
 
 
-def _paragraphs(text: str) -> list[str]:
-    """Blank-line separated paragraphs, whitespace collapsed, empty ones dropped.
-
-    Done on the whole text at once, a NUL marking the breaks (a text holding one, which
-    no request lets in, is done block by block), so that a million short paragraphs cost
-    no million regex calls.
-    """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if "\x00" in text:
-        blocks = (_SPACE.sub(" ", block) for block in _BLANK_LINES.split(text))
-    else:
-        marked = sub_whitespace(_SPACE, " ", sub_whitespace(_BLANK_LINES, "\x00", text))
-        blocks = iter(marked.split("\x00"))
-    return [paragraph for paragraph in (block.strip() for block in blocks) if paragraph]
-
-
 def _pieces(text: str, limit: int, budget: SentenceBudget) -> list[str]:
     """`text` (whitespace already collapsed) in pieces of at most `limit` characters."""
     if len(text) <= limit:
@@ -194,10 +174,10 @@ def plan_chapter(
     """
     limit = _check_options(limit, paragraph_pause_ms)
     budget = budget if budget is not None else SentenceBudget()
-    paragraphs = _paragraphs(chapter.text)
+    paragraphs = split_paragraphs(chapter.text)
     if not paragraphs:
         raise ValueError(f"chapter {index} has no text")
-    title = _SPACE.sub(" ", chapter.title).strip()
+    title = collapse(chapter.title)
 
     # (text, pause after, is a title, ends a paragraph); the last pause is zeroed below.
     pieces: list[tuple[str, int, bool, bool]] = []
